@@ -1,0 +1,95 @@
+"""The case manifest: which photo, which box, which prompt."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from .config import ConfigError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path  # resolved path
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
+    prompt: str
+    size: tuple[int, int]  # width, height of the photo
+
+
+def parse_box(value, where: str) -> tuple[int, int, int, int]:
+    """Parse `[x1, y1, x2, y2]` (a list or a "x1,y1,x2,y2" string) into four ints."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ConfigError(f"{where}: box must be [x1, y1, x2, y2], got box={value!r}")
+    try:
+        box = tuple(int(v) for v in value if float(v) == int(float(v)))
+    except (TypeError, ValueError):
+        box = ()
+    if len(box) != 4:
+        raise ConfigError(f"{where}: box must hold four whole pixel numbers, got box={value!r}")
+    return box
+
+
+def check_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:
+    x1, y1, x2, y2 = box
+    width, height = size
+    if x2 <= x1 or y2 <= y1:
+        raise ConfigError(f"{where}: box={list(box)} has zero or negative area (need x1 < x2 and y1 < y2)")
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        raise ConfigError(f"{where}: box={list(box)} lies outside the {width}x{height} image")
+
+
+def load_cases(manifest: str | Path) -> list[Case]:
+    """Read and validate the manifest; image paths are relative to the manifest's folder."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ConfigError(f"cases manifest not found: cases={str(manifest)!r}")
+    try:
+        entries = yaml.safe_load(manifest.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cases manifest {str(manifest)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"cases manifest {str(manifest)!r} must be a non-empty list of cases")
+
+    cases: list[Case] = []
+    for i, entry in enumerate(entries):
+        where = f"case #{i + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} in {manifest}: expected a mapping with image, box, prompt; got {entry!r}")
+        unknown = set(entry) - {"id", "image", "box", "prompt"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: id, image, box, prompt")
+        for key in ("image", "box", "prompt"):
+            if key not in entry:
+                raise ConfigError(f"{where}: missing required key {key!r}")
+        image = (manifest.parent / str(entry["image"])).resolve()
+        case_id = str(entry.get("id") or f"{image.stem}_{i}")
+        where = f"case {case_id!r}"
+        if not _ID_RE.match(case_id):
+            raise ConfigError(f"{where}: id may hold only letters, digits, '_', '-', '.', got id={case_id!r}")
+        if any(c.id == case_id for c in cases):
+            raise ConfigError(f"{where}: duplicate id={case_id!r}; ids must be unique")
+        prompt = entry["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"{where}: prompt must be non-empty text, got prompt={prompt!r}")
+        if not image.is_file():
+            raise ConfigError(f"{where}: image not found: {entry['image']!r} (looked at {image})")
+        try:
+            with Image.open(image) as im:
+                im.verify()
+            with Image.open(image) as im:
+                size = im.size
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConfigError(f"{where}: image {entry['image']!r} does not decode as an image ({e})") from None
+        box = parse_box(entry["box"], where)
+        check_box(box, size, where)
+        cases.append(Case(id=case_id, image=image, box=box, prompt=prompt.strip(), size=size))
+    return cases
