@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def prepare(cases: list[Case], out_dir: str | Path, method: str, weights: str, c
         ys, xs = np.nonzero(mask)
         record = {
             "id": case.id,
-            "image": str(case.image),
+            "image": os.path.relpath(case.image),
             "image_size": list(case.size),
             "box": list(case.box),
             "prompt": case.prompt,

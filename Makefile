@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine:  make repro  |  make test
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install data repro test bench clean
+
+install: $(STAMP)
+
+# torch 2.14.1 + torchvision 0.29.1 install from local wheel files on this machine (pip only; see README).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Sample photos come from the installed ultralytics package: nothing is downloaded.
+data: install
+	$(PY) -m inpaint_sweep.assets
+
+repro: data
+	dvc repro
+
+test: data
+	$(PY) -m pytest
+
+clean:
+	rm -rf results .cache

@@ -1,0 +1,99 @@
+"""Comet: one experiment per cell, logged by a background thread so writing archives never stalls generation.
+
+Online when COMET_API_KEY is set (and tracking.offline is false); otherwise an offline archive (.zip) per cell in
+the generate folder, uploadable later with `comet upload <zip>`. Comet's error tracking and auto-logging are off
+(see offline.py), and nothing is sent anywhere without a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_PENDING: list[Future] = []
+_LOCK = threading.Lock()
+
+
+def is_online(offline_setting: bool) -> bool:
+    return bool(os.environ.get("COMET_API_KEY")) and not offline_setting
+
+
+def log_cell(
+    offline_dir: str | Path,
+    online: bool,
+    project: str,
+    workspace: str | None,
+    name: str,
+    params: dict,
+    metrics: dict,
+    tags: list[str],
+    images: dict[str, str],
+) -> str:
+    """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL."""
+    os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # stage prints one upload hint, not one per cell
+    import comet_ml
+
+    settings = dict(
+        project_name=project,
+        workspace=workspace,
+        log_code=False,
+        log_graph=False,
+        auto_param_logging=False,
+        auto_metric_logging=False,
+        parse_args=False,
+        auto_output_logging=False,
+        log_env_details=False,
+        log_git_metadata=False,
+        log_git_patch=False,
+        log_env_gpu=False,
+        log_env_host=False,
+        log_env_cpu=False,
+        display_summary_level=0,
+    )
+    if online:
+        experiment = comet_ml.Experiment(**settings)
+    else:
+        Path(offline_dir).mkdir(parents=True, exist_ok=True)
+        experiment = comet_ml.OfflineExperiment(offline_directory=str(offline_dir), **settings)
+    experiment.set_name(name)
+    experiment.add_tags(tags)
+    experiment.log_parameters(params)
+    experiment.log_metrics(metrics)
+    for image_name, path in images.items():
+        experiment.log_image(path, name=image_name)
+    key = experiment.get_key()
+    experiment.end()
+    if online:
+        return experiment.url
+    return str(Path(offline_dir) / f"{key}.zip")
+
+
+def submit(fn, *args, **kwargs) -> Future:
+    """Run fn in the single background logging thread (in submission order)."""
+    global _EXECUTOR
+    with _LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comet-log")
+        future = _EXECUTOR.submit(fn, *args, **kwargs)
+        _PENDING.append(future)
+    return future
+
+
+def flush() -> int:
+    """Wait for every submitted log; return how many failed (each failure is logged as one warning)."""
+    failed = 0
+    with _LOCK:
+        pending, _PENDING[:] = list(_PENDING), []
+    for future in pending:
+        try:
+            future.result()
+        except Exception as e:  # tracking must never cost a computed cell
+            failed += 1
+            log.warning("comet logging failed: %s", e)
+    return failed
