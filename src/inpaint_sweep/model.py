@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
 
+log = logging.getLogger(__name__)
 LOAD_COUNT = 0  # pipelines built in this process; tests assert a whole multirun loads exactly one
 _CACHE: dict[tuple, "LoadedModel"] = {}
 
@@ -70,6 +73,7 @@ def load_model(
     if key in _CACHE:
         return _CACHE[key]
 
+    start = time.perf_counter()
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     if source == "tiny":
@@ -98,6 +102,7 @@ def load_model(
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)  # the sweep has its own progress line
     LOAD_COUNT += 1
+    log.info("loaded model %s@%s on %s (%s) in %.1fs", model_id, revision, device, torch_dtype, time.perf_counter() - start)
     loaded = LoadedModel(pipe, model_id, revision, device, str(torch_dtype).removeprefix("torch."))
     _CACHE[key] = loaded
     return loaded

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny seeded models, a prepared case on disk, and the environment for stage subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import inpaint_sweep  # noqa: F401  (sets the offline switches before anything else is imported)
+from inpaint_sweep.config import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_from_repo_root():
+    # Stages resolve params.yaml, conf/ and relative paths from the repository root, as dvc runs them.
+    os.chdir(REPO_ROOT)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache):
+    from inpaint_sweep.model import load_model
+
+    return load_model("tiny", cache_dir=str(model_cache))
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    """A 100x80 photo-like test image with structure everywhere (so any change would show)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:80, 0:100]
+    base = np.stack([x * 2.5, y * 3.0, (x + y) * 1.4], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
+
+
+def stage_env(**extra) -> dict:
+    """Environment for running stage scripts and dvc in a subprocess: this venv first on PATH, no real Comet key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path = REPO_ROOT, env: dict | None = None, check: bool = True, timeout: int = 300):
+    result = subprocess.run(cmd, cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result

@@ -1,0 +1,136 @@
+"""The config composes, validates, every preset loads, and no value is written in two files that can drift."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from inpaint_sweep.config import REPO_ROOT, SWEEP_AXES, ConfigError, check_config, load_config
+
+PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+PRESETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml"))
+
+
+def test_default_config_composes_and_validates():
+    cfg = load_config()
+    check_config(cfg)
+    assert cfg.model.name == "tiny" and cfg.mask.method == "box"
+    assert set(SWEEP_AXES) <= set(cfg.keys())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_model_preset_composes(preset):
+    overrides = [f"model={preset}"] + (["model.id=/some/folder"] if preset == "local" else [])
+    cfg = load_config(overrides)
+    check_config(cfg)
+    assert cfg.model.name == preset
+    assert cfg.model.source in ("tiny", "pretrained", "single_file")
+
+
+def test_default_grid_sweeps_the_four_axes():
+    grid = PARAMS["hydra"]["sweeper"]["params"]
+    assert set(grid) == {"steps", "guidance", "strength", "negative_prompt"}
+    assert all(len(str(v).split(",")) >= 2 for v in grid.values())
+
+
+def test_typo_in_override_is_an_error():
+    with pytest.raises(ConfigCompositionException, match="guidanse"):
+        load_config(["guidanse=5"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises((ValidationError, ConfigCompositionException)):
+        load_config(["steps=many"])
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("steps=0", "steps must be >= 1, got steps=0"),
+        ("strength=0", "strength must be in (0, 1], got strength=0.0"),
+        ("strength=1.5", "strength must be in (0, 1], got strength=1.5"),
+        ("guidance=-1", "guidance must be >= 0, got guidance=-1.0"),
+        ("mask.method=lasso", "unknown mask.method='lasso'"),
+        ("model.size=300", "model.size must be a multiple of 8"),
+    ],
+)
+def test_bad_values_are_named(override, words):
+    with pytest.raises(ConfigError) as e:
+        check_config(load_config([override]))
+    assert words in str(e.value)
+
+
+def test_steps_times_strength_must_leave_one_step():
+    with pytest.raises(ConfigError, match="steps=2 strength=0.3"):
+        check_config(load_config(["steps=2", "strength=0.3"]))
+
+
+def test_no_interpolation_in_params_yaml():
+    # DVC resolves ${...} in params.yaml itself; one it cannot resolve breaks `dvc exp run -S`.
+    def values(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from values(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from values(v)
+        else:
+            yield node
+
+    assert not [v for v in values(PARAMS) if "${" in str(v)]
+
+
+def test_hydra_output_dirs_live_inside_the_generate_output():
+    generate = PARAMS["paths"]["generate"]
+    for key in ("run", "sweep"):
+        assert PARAMS["hydra"][key]["dir"].startswith(generate + "/"), key
+    assert PARAMS["hydra"]["job"]["chdir"] is False
+
+
+def test_dvc_yaml_reads_paths_and_params_from_params_yaml():
+    text = (REPO_ROOT / "dvc.yaml").read_text()
+    for value in PARAMS["paths"].values():
+        assert value not in text, f"{value} is written in dvc.yaml too; use ${{paths.*}}"
+    for name, stage in DVC["stages"].items():
+        for key in stage.get("params", []):
+            node = PARAMS
+            for part in key.split("."):
+                assert part in node, f"stage {name} lists param {key!r}, which params.yaml lacks"
+                node = node[part]
+
+
+def _imported_package_modules(script: Path, seen=None) -> set[str]:
+    """inpaint_sweep modules a script imports, followed transitively through the package."""
+    seen = set() if seen is None else seen
+    tree = ast.parse(script.read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside the package
+                names = [node.module] if node.module else [a.name for a in node.names]
+            elif node.module and node.module.startswith("inpaint_sweep"):
+                names = [node.module.removeprefix("inpaint_sweep").lstrip(".")] + [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name.removeprefix("inpaint_sweep.") for a in node.names if a.name.startswith("inpaint_sweep")]
+        for name in names:
+            path = REPO_ROOT / "src" / "inpaint_sweep" / f"{name}.py"
+            if name and path.is_file() and name not in seen:
+                seen.add(name)
+                _imported_package_modules(path, seen)
+    seen.add("__init__")
+    seen.add("offline")  # imported by __init__
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(DVC["stages"]))
+def test_dvc_deps_list_every_module_the_stage_imports(stage):
+    deps = set(DVC["stages"][stage]["deps"])
+    script = re.search(r"stages/\w+\.py", DVC["stages"][stage]["cmd"]).group(0)
+    assert script in deps
+    for module in _imported_package_modules(REPO_ROOT / script):
+        assert f"src/inpaint_sweep/{module}.py" in deps, f"{stage} imports inpaint_sweep.{module}"
