@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .config import ConfigError
 
@@ -87,7 +87,7 @@ def load_cases(manifest: str | Path) -> list[Case]:
                 im.verify()
             with Image.open(image) as im:
                 size = im.size
-        except (UnidentifiedImageError, OSError) as e:
+        except Exception as e:  # PIL raises several types (and plugins registered by other packages more)
             raise ConfigError(f"{where}: image {entry['image']!r} does not decode as an image ({e})") from None
         box = parse_box(entry["box"], where)
         check_box(box, size, where)

@@ -1,0 +1,72 @@
+"""End to end, for real: a copy of the repository, `dvc repro` on a shrunk grid, then the no-op and the grid edit."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from inpaint_sweep.assets import copy_sample_photos
+from inpaint_sweep.config import REPO_ROOT
+
+from conftest import run, stage_env
+
+pytestmark = pytest.mark.slow
+
+SHRUNK_GRID = {"guidance": "5,9", "strength": "1.0", "steps": "2", "negative_prompt": "\"''\""}
+
+
+def clone_of_working_tree(dest):
+    """What `git clone` of this commit gives, plus uncommitted edits: every tracked or unignored file."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO_ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+
+
+def test_dvc_repro_end_to_end(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    clone_of_working_tree(repo)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    copy_sample_photos(repo / "data" / "images")
+    params = (repo / "params.yaml").read_text()
+    for axis, value in SHRUNK_GRID.items():
+        params, n = re.subn(rf"(\n {{6}}{axis}: )[^\n]*", rf"\g<1>{value}", params)
+        assert n == 1, axis
+    (repo / "params.yaml").write_text(params)
+    env = stage_env(PYTHONPATH=str(repo / "src"))
+
+    # 1. The whole pipeline.
+    first = run(["dvc", "repro"], cwd=repo, env=env, timeout=600)
+    for stage in ("prepare", "generate", "report"):
+        assert f"Running stage '{stage}'" in first.stdout
+    runs = pd.read_csv(repo / "results" / "report" / "runs.csv")
+    assert sorted(runs["guidance"]) == [5.0, 9.0] and (runs["status"] == "ok").all()
+    assert len(list((repo / "results" / "report" / "grids").glob("*.png"))) == 1
+    assert len(list((repo / "results" / "generate" / "comet").glob("*.zip"))) == 2
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=repo, env=env).stdout)
+    assert "results/report/metrics.json" in json.dumps(metrics) and '"cells": 2' in json.dumps(metrics)
+
+    # 2. Nothing changed: nothing runs.
+    second = run(["dvc", "repro"], cwd=repo, env=env)
+    assert "Running stage" not in second.stdout
+    assert second.stdout.count("didn't change, skipping") == 3
+
+    # 3. Edit one grid value the way the README says: generate and report run again, prepare does not.
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ran"], cwd=repo)
+    third = run(["dvc", "exp", "run", "-S", "hydra.sweeper.params.guidance='5,12'"], cwd=repo, env=env, timeout=600)
+    assert "Stage 'prepare' didn't change, skipping" in third.stdout
+    assert "Running stage 'generate'" in third.stdout and "Running stage 'report'" in third.stdout
+    runs = pd.read_csv(repo / "results" / "report" / "runs.csv")
+    assert sorted(runs["guidance"]) == [5.0, 12.0]
+    diff = run(["dvc", "params", "diff"], cwd=repo, env=env).stdout
+    assert "hydra.sweeper.params.guidance" in diff and "5,9" in diff and "5,12" in diff
