@@ -23,7 +23,9 @@ data: install
 repro: data
 	dvc repro
 
+# The HTML report's browser test needs Debian's chromium; install it (we run as root in CI) only when missing.
 test: data
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 	$(PY) -m pytest
 
 clean:

@@ -1,10 +1,11 @@
-"""Stage 2, generate: one Hydra job per grid cell settings, one cell folder (image + record) per case.
+"""Stage 2, generate: one Hydra job per combination of settings, one cell (images + record) per case.
 
     python stages/generate.py                      # one cell per case, settings from params.yaml
     python stages/generate.py -m                   # the grid in params.yaml (hydra.sweeper.params); what dvc runs
     python stages/generate.py -m guidance=5,7.5,12 # replace one axis of that grid
 """
 
+import json
 import logging
 import os
 import sys
@@ -14,16 +15,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from inpaint_sweep import cli, tracking
-from inpaint_sweep.cells import load_prepared, run_cell
+from inpaint_sweep import cli, sweep, tracking
+from inpaint_sweep.cells import RECORD, load_prepared, run_cell
 from inpaint_sweep.config import check_config
 from inpaint_sweep.model import load_model
 
 log = logging.getLogger("generate")
 # One id for every job this process runs, so Comet can group a sweep's experiments (override with INPAINT_SWEEP_ID).
 SWEEP_ID = os.environ.get("INPAINT_SWEEP_ID") or time.strftime("%Y%m%d-%H%M%S")
-FAILED: list[str] = []
-COMET_DIRS: set[Path] = set()
+OUTPUT_DIRS: set[Path] = set()
 
 
 @hydra.main(version_base="1.3", config_path="..", config_name="params")
@@ -38,25 +38,29 @@ def main(cfg: DictConfig) -> None:
         "guidance": cfg.guidance,
         "strength": cfg.strength,
         "negative_prompt": cfg.negative_prompt,
-        "seed": cfg.seed,
+        "seed": cfg.seed if isinstance(cfg.seed, int) else list(cfg.seed),
         "size": m.size,
         "model_name": m.name,
     }
     out = Path(cfg.paths.generate)
-    COMET_DIRS.add(out / "comet")
+    OUTPUT_DIRS.add(out)
     for case in cases:
-        record = run_cell(model, case, settings, out / "cells", out / "comet", cfg.tracking, SWEEP_ID)
-        status = record["status_this_run"]
+        record, status = run_cell(model, case, settings, Path(cfg.paths.cell_store), out, cfg.tracking, SWEEP_ID)
+        sweep.advance(status)
         if status == "failed":
-            FAILED.append(record["cell_id"])
             log.error("cell %s failed: %s", record["cell_id"], record["error"])
         else:
-            secs = record["metrics"].get("seconds", 0)
-            log.info("cell %s %s (%.2fs) %s", record["cell_id"], status, secs, _axes(settings))
+            log.info("cell %s %s %s", record["cell_id"], status, _axes(settings))
 
 
 def _axes(settings: dict) -> str:
     return " ".join(f"{k}={settings[k]!r}" for k in ("steps", "guidance", "strength", "negative_prompt", "seed"))
+
+
+def _failed_cells(out: Path) -> list[str]:
+    """Failed cells in the view, read from disk so that cells run by any launcher's workers count."""
+    records = (json.loads(p.read_text()) for p in sorted(out.glob(f"cells/*/{RECORD}")))
+    return [r["cell_id"] for r in records if r.get("status") == "failed"]
 
 
 if __name__ == "__main__":
@@ -64,9 +68,14 @@ if __name__ == "__main__":
         main()
     finally:
         tracking.flush()
-    for comet_dir in COMET_DIRS:
-        if any(comet_dir.glob("*.zip")):
-            print(f"Comet: offline archives in {comet_dir}/; upload them with: comet upload {comet_dir}/*.zip")
-    if FAILED:
-        print(f"error: {len(FAILED)} cell(s) failed: {', '.join(FAILED)}", file=sys.stderr)
+        sweep.finish()
+    failed = []
+    for out in OUTPUT_DIRS:
+        if any((out / "comet").glob("*.zip")):
+            print(f"Comet: offline archives in {out}/comet/; upload them with: comet upload {out}/comet/*.zip")
+        failed += _failed_cells(out)
+    c = sweep.COUNTS
+    print(f"generate: {c['done']} computed, {c['skipped']} reused from the cell store, {c['failed']} failed")
+    if failed:
+        print(f"error: {len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)

@@ -9,14 +9,34 @@ from inpaint_sweep.masks import prepare
 
 
 @cli.one_line_errors
-def main(overrides: list[str]) -> None:
+def main(overrides: list[str]) -> list[dict]:
     cfg = load_config(overrides)
     check_config(cfg)
     cases = load_cases(cfg.cases)
+    m = cfg.mask
     records = prepare(
-        cases, cfg.paths.prepare, cfg.mask.method, cfg.mask.weights, cfg.mask.conf, cfg.mask.overlay_alpha
+        cases,
+        cfg.paths.prepare,
+        m.method,
+        weights=m.weights,
+        conf=m.conf,
+        max_det=m.max_det,
+        overlay_alpha=m.overlay_alpha,
+        sam_weights=m.sam_weights,
+        classes=list(m.classes),
+        on_miss=m.on_miss,
+        clip=m.clip_to_box,
+        dilate_px=m.dilate,
+        holes=m.fill_holes,
+        min_area=m.min_area,
+        feather=m.feather,
     )
-    print(f"prepare: {len(records)} case(s) -> {cfg.paths.prepare} (mask.method={cfg.mask.method})")
+    for r in records:
+        found = f" {r['class'] or 'object'} {r['confidence']:.2f}" if r["confidence"] is not None else ""
+        why = "" if r["method"] == m.method else f" ({r['method_reason']})"
+        print(f"  {r['id']}: {r['method']}{found}, IoU with box {r['iou_with_box']:.2f}, {r['mask_area']} px{why}")
+    print(f"prepare: {len(records)} case(s) -> {cfg.paths.prepare} (mask.method={m.method}; contact_sheet.png, cases.csv)")
+    return records
 
 
 if __name__ == "__main__":

@@ -1,29 +1,40 @@
-"""Stage 3, report: cell records -> runs.csv, by_axis.csv, metrics.json and labelled grids.
+"""Stage 3, report: cell records -> runs.csv, by_axis.csv, plots/, metrics.json, labelled grids, index.html, and one
+Comet report experiment.
 
-    python stages/report.py [report.rows=steps report.cols=guidance ...]
+    python stages/report.py [report.rows=steps report.cols=guidance report.max_megapixels=4 ...]
 """
 
 import sys
 from pathlib import Path
 
-from inpaint_sweep import cli
-from inpaint_sweep.config import SWEEP_AXES, ConfigError, load_config
-from inpaint_sweep.report import build_report
+from inpaint_sweep import cli, tracking
+from inpaint_sweep.config import load_config
+from inpaint_sweep.html_report import write_html
+from inpaint_sweep.report import build_report, check_report_settings, log_report_to_comet, metric_columns
 
 
 @cli.one_line_errors
 def main(overrides: list[str]) -> None:
     cfg = load_config(overrides)
-    for key in ("rows", "cols"):
-        if cfg.report[key] not in SWEEP_AXES:
-            raise ConfigError(f"report.{key}={cfg.report[key]!r} is not an axis; choose one of {', '.join(SWEEP_AXES)}")
-    if cfg.report.rows == cfg.report.cols:
-        raise ConfigError(f"report.rows and report.cols must differ, both are {cfg.report.rows!r}")
-    summary = build_report(Path(cfg.paths.generate) / "cells", cfg.paths.report, cfg.report.rows, cfg.report.cols)
+    r, t = cfg.report, cfg.tracking
+    check_report_settings(r.rows, r.cols, r.cell_size, r.max_megapixels)
+    clip = None
+    if r.clip_model:
+        from inpaint_sweep.clip_score import load_clip
+
+        clip = load_clip(r.clip_model)
+    out = Path(cfg.paths.report)
+    report = build_report(Path(cfg.paths.generate) / "cells", out, r.rows, r.cols, r.cell_size, r.max_megapixels, clip)
+    comet = None
+    if t.comet and len(report["df"]):
+        comet = log_report_to_comet(out, report, r.rows, r.cols, tracking.is_online(t.offline), t.project, t.workspace)
+    write_html(out / "index.html", report, metric_columns(report["df"]), r.rows, r.cols, comet)
     print(
-        f"report: {summary['cells']} cell(s), {summary['ok']} ok, {summary['failed']} failed, "
-        f"{summary['grids']} grid(s) -> {cfg.paths.report}"
+        f"report: {report['cells']} cell(s), {report['images']} image(s), {report['ok']} ok, {report['failed']} "
+        f"failed, {report['grids']} grid(s) -> {out}/index.html"
     )
+    if comet:
+        print(f"Comet report experiment: {comet}" + ("" if comet.startswith("http") else f"  (upload: comet upload {comet})"))
 
 
 if __name__ == "__main__":

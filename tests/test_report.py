@@ -1,57 +1,116 @@
-"""report: runs.csv has a row per image, metrics for DVC, one labelled grid per slice, failed cells marked."""
+"""report: runs.csv has a row per image, metrics and plots for DVC, one labelled grid per slice (input and mask beside
+it, failed cells marked, size capped), diversity across seeds, the optional CLIP score, the Comet report archive."""
 
 import json
+import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
-from inpaint_sweep.images import labelled_grid, save_image, write_json
-from inpaint_sweep.report import build_report
+from inpaint_sweep.config import REPO_ROOT, ConfigError
+from inpaint_sweep.images import labelled_grid, save_image, to_mask_image, write_json
+from inpaint_sweep.report import PLOT_AXES, PLOT_METRICS, build_report, check_report_settings, write_grids
 
-from conftest import run
+from conftest import run, stage_env
+
+# 3 guidance x 2 strength x 2 steps x 2 negative prompts: the default grid of params.yaml.
+GRID = {"guidance": (5.0, 7.5, 12.0), "strength": (0.75, 1.0), "steps": (4, 8), "negative_prompt": ("", "cartoon")}
 
 
-def fake_cells(root, guidance=(5.0, 7.5, 12.0), strength=(0.75, 1.0), steps=(4, 8), failed=()):
+def fake_cells(root, grid=GRID, seeds=(0,), failed=(), same_pixels=False):
+    """Cell folders as generate writes them (a record + one PNG per seed), with a case input and mask on disk."""
     rng = np.random.default_rng(0)
+    save_image(Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)), root / "input.png")
+    mask = np.zeros((40, 30), bool)
+    mask[10:30, 5:20] = True
+    save_image(to_mask_image(mask), root / "mask.png")
     n = 0
-    for g in guidance:
-        for s in strength:
-            for st in steps:
-                cid = f"case-{n:03d}"
-                n += 1
-                status = "failed" if (g, s, st) in failed else "ok"
-                image = root / cid / "image.png"
-                if status == "ok":
-                    save_image(Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)), image)
-                write_json({"cell_id": cid, "status": status, "error": None if status == "ok" else "RuntimeError: boom",
-                            "case": "case", "prompt": "p", "steps": st, "guidance": g, "strength": s,
-                            "negative_prompt": "", "seed": 0, "working_size": [24, 32],
-                            "image": str(image) if status == "ok" else None,
-                            "metrics": {"seconds": 0.1 * n, "drift_mae": 0.01 * n, "drift_psnr": 30.0 - n,
-                                        "change_inside_mae": 0.2} if status == "ok" else {}},
-                           root / cid / "record.json")
+    for g in grid["guidance"]:
+        for s in grid["strength"]:
+            for st in grid["steps"]:
+                for neg in grid["negative_prompt"]:
+                    cid = f"case-{n:03d}"
+                    n += 1
+                    ok = (g, s, st, neg) not in failed
+                    images = []
+                    for seed in seeds if ok else ():
+                        path = root / "cells" / cid / f"seed-{seed}.png"
+                        pixels = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+                        save_image(Image.fromarray(np.zeros_like(pixels) if same_pixels else pixels), path)
+                        images.append({"seed": seed, "path": str(path), "metrics": {
+                            "seconds": 0.1 * n, "peak_memory_mb": 500.0 + n, "drift_mae": 0.01 * n,
+                            "drift_psnr": 30.0 - n, "change_inside_mae": 0.2}})
+                    write_json({"cell_id": cid, "status": "ok" if ok else "failed",
+                                "error": None if ok else "RuntimeError: boom", "case": "case", "prompt": "a red fox",
+                                "steps": st, "guidance": g, "strength": s, "negative_prompt": neg,
+                                "seed": seeds[0] if len(seeds) == 1 else list(seeds), "model": "tiny",
+                                "model_id": "builtin/tiny-sd-inpaint", "model_revision": "v2-seed0",
+                                "working_size": [24, 32], "sweep_id": "sweep-1", "input": str(root / "input.png"),
+                                "mask": str(root / "mask.png"), "images": images,
+                                "comet": f"results/generate/comet/{cid}.zip"},
+                               root / "cells" / cid / "record.json")
     return n
 
 
-def test_report_tables_metrics_and_grids(tmp_path):
-    n = fake_cells(tmp_path / "cells", failed={(7.5, 1.0, 8)})
-    summary = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength")
-    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
-    assert len(runs) == n == 12
-    assert {"guidance", "strength", "steps", "negative_prompt", "seed", "drift_psnr", "seconds"} <= set(runs.columns)
-    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert metrics["cells"] == 12 and metrics["ok"] == 11 and metrics["failed"] == 1
-    assert metrics["grids"] == 2 and summary["grids"] == 2  # one per value of steps (the axis left over)
-    best = json.loads((tmp_path / "report" / "best.json").read_text())
+def test_report_tables_metrics_plots_and_grids(tmp_path):
+    n = fake_cells(tmp_path, failed={(7.5, 1.0, 8, "")})
+    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength")
+    out = tmp_path / "report"
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == n == 24  # a row per image
+    assert {"guidance", "strength", "steps", "negative_prompt", "seed", "drift_psnr", "seconds", "peak_memory_mb",
+            "model_revision", "comet"} <= set(runs.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cells"] == 24 and metrics["ok"] == 23 and metrics["failed"] == 1
+    assert metrics["grids"] == report["grids"] == 4  # one per (steps, negative prompt) slice
+    assert metrics["mean"]["peak_memory_mb"] == pytest.approx(500 + np.mean([i for i in range(1, 25) if i != 15]))
+    best = json.loads((out / "best.json").read_text())
     assert best["seconds"]["cell_id"] == "case-000" and best["drift_psnr"]["cell_id"] == "case-000"
-    by_axis = pd.read_csv(tmp_path / "report" / "by_axis.csv")
-    assert set(by_axis["axis"]) == {"guidance", "strength", "steps"}
-    assert by_axis[by_axis["axis"] == "guidance"]["cells"].tolist() == [4, 3, 4]
-    grids = sorted((tmp_path / "report" / "grids").glob("*.png"))
-    assert [g.name for g in grids] == ["case__steps=4__negative_prompt=none__seed=0.png",
-                                       "case__steps=8__negative_prompt=none__seed=0.png"]
+    assert best["peak_memory_mb"]["better"] == "lower"
+    by_axis = pd.read_csv(out / "by_axis.csv")
+    assert set(by_axis["axis"]) == {"guidance", "strength", "steps", "negative_prompt"}
+    assert by_axis[by_axis["axis"] == "guidance"]["images"].tolist() == [8, 7, 8]
+    # plots/<axis>.csv: one row per axis value, every plotted metric a column (what dvc.yaml's plots read).
+    for axis in PLOT_AXES:
+        plot = pd.read_csv(out / "plots" / f"{axis}.csv")
+        assert len(plot) == len(GRID[axis]) and set(PLOT_METRICS) <= set(plot.columns)
+    grids = sorted((out / "grids").glob("*.png"))
+    assert [g.name for g in grids] == [
+        "case__steps=4__negative_prompt=cartoon__seed=0.png", "case__steps=4__negative_prompt=none__seed=0.png",
+        "case__steps=8__negative_prompt=cartoon__seed=0.png", "case__steps=8__negative_prompt=none__seed=0.png"]
+    assert sorted(g["cells"] for g in report["grid_files"]) == [5, 6, 6, 6]  # 3x2 labelled cells, one failed
+    assert len(list((out / "thumbs").glob("*.jpg"))) == 23
+
+
+def test_stale_grids_of_an_earlier_sweep_are_removed(tmp_path):
+    fake_cells(tmp_path)
+    build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength")
+    build_report(tmp_path / "cells", tmp_path / "report", "guidance", "steps")
+    names = sorted(g.name for g in (tmp_path / "report" / "grids").glob("*.png"))
+    assert names == ["case__strength=0.75__negative_prompt=cartoon__seed=0.png",
+                     "case__strength=0.75__negative_prompt=none__seed=0.png",
+                     "case__strength=1__negative_prompt=cartoon__seed=0.png",
+                     "case__strength=1__negative_prompt=none__seed=0.png"]
+
+
+def test_diversity_across_seeds(tmp_path):
+    grid = {"guidance": (5.0, 7.5), "strength": (1.0,), "steps": (4,), "negative_prompt": ("",)}
+    fake_cells(tmp_path / "a", grid, seeds=(0, 1, 2))
+    runs = build_report(tmp_path / "a" / "cells", tmp_path / "a" / "report", "guidance", "strength")["df"]
+    assert len(runs) == 6 and runs["diversity"].nunique() == 2  # one value per cell, shared by its 3 seeds
+    # Uniform random bytes: the mean |a - b| of two independent images is about 1/3 of the range.
+    assert runs["diversity"].between(0.28, 0.39).all()
+    assert len(list((tmp_path / "a" / "report" / "grids").glob("*.png"))) == 3  # one grid per seed
+    fake_cells(tmp_path / "b", grid, seeds=(0, 1), same_pixels=True)
+    same = build_report(tmp_path / "b" / "cells", tmp_path / "b" / "report", "guidance", "strength")["df"]
+    assert (same["diversity"] == 0).all()
+    # One seed per cell: diversity is unmeasured, not zero, and stays out of the DVC metrics.
+    fake_cells(tmp_path / "c", grid)
+    single = build_report(tmp_path / "c" / "cells", tmp_path / "c" / "report", "guidance", "strength")
+    assert single["df"]["diversity"].isna().all() and "diversity" not in single["mean"]
 
 
 def _ink(region: Image.Image) -> int:
@@ -81,7 +140,154 @@ def test_grid_has_labels_on_the_margins_and_marks_missing_cells():
     assert ((blank[:, :, 0] > 150) & (blank[:, :, 1] < 60)).sum() > 100
 
 
+def test_grid_shows_input_and_mask_beside_it():
+    cells = {(r, c): Image.new("RGB", (30, 40), (0, 128, 0)) for r in (1, 2) for c in (1, 2)}
+    side = {"input": Image.new("RGB", (30, 40), (0, 0, 255)), "mask": Image.new("RGB", (30, 40), (255, 0, 255))}
+    grid = np.asarray(labelled_grid(cells, [1, 2], [1, 2], "steps", "seed", "t", cell_size=60, side=side))
+    blue = (grid[:, :, 0] == 0) & (grid[:, :, 1] == 0) & (grid[:, :, 2] == 255)
+    magenta = (grid[:, :, 0] == 255) & (grid[:, :, 1] == 0) & (grid[:, :, 2] == 255)
+    green = (grid[:, :, 0] == 0) & (grid[:, :, 1] == 128) & (grid[:, :, 2] == 0)
+    assert blue.sum() == magenta.sum() == green.sum() / 4 == 60 * 80
+    # Input above mask, both left of every grid cell.
+    assert np.nonzero(blue)[0].max() < np.nonzero(magenta)[0].min()
+    assert max(np.nonzero(blue)[1].max(), np.nonzero(magenta)[1].max()) < np.nonzero(green)[1].min()
+
+
+def test_megapixel_cap_shrinks_cells_instead_of_failing(tmp_path):
+    from inpaint_sweep.report import load_records
+
+    fake_cells(tmp_path, {**GRID, "steps": (4,), "negative_prompt": ("",)})
+    df = load_records(tmp_path / "cells")
+    (capped,), _ = write_grids(df, tmp_path / "capped", "guidance", "strength", cell_size=1200, max_megapixels=0.5)
+    blank = Image.new("RGB", (30, 40))
+    big = labelled_grid({}, [5, 7.5, 12], [0.75, 1.0], "guidance", "strength", "t", 1200, {"input": blank, "mask": blank})
+    assert big.width * big.height > 10e6  # what 1200-pixel cells would have made
+    with Image.open(capped["path"]) as im:
+        assert 0.4e6 < im.width * im.height <= 0.5e6
+    assert capped["cell_width"] < 1200 and capped["cells"] == 6
+    with pytest.raises(ConfigError, match="report.max_megapixels=0.001 is too small"):
+        write_grids(df, tmp_path / "tiny", "guidance", "strength", max_megapixels=0.001)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("colour", "strength", 256, 16), "report.rows='colour' is not an axis"),
+    (("seed", "seed", 256, 16), "report.rows and report.cols must differ, both are 'seed'"),
+    (("guidance", "strength", 4, 16), "report.cell_size must be >= 16 pixels, got report.cell_size=4"),
+    (("guidance", "strength", 256, 0), "report.max_megapixels must be in (0, 89], got report.max_megapixels=0"),
+    (("guidance", "strength", 256, 500), "got report.max_megapixels=500"),
+])
+def test_bad_report_settings_are_named(args, words):
+    with pytest.raises(ConfigError) as e:
+        check_report_settings(*args)
+    assert words in str(e.value)
+
+
 def test_report_stage_rejects_a_bad_axis(tmp_path):
     result = run(["python", "stages/report.py", "report.rows=colour"], check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: report.rows='colour' is not an axis; choose one of steps, guidance, strength, negative_prompt, seed"
+
+
+def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path):
+    fake_cells(tmp_path / "generate")
+    out = tmp_path / "report"
+    result = run(["python", "stages/report.py", f"paths.generate={tmp_path / 'generate'}", f"paths.report={out}"],
+                 env=stage_env(COMET_API_KEY=""))
+    assert "24 image(s), 24 ok, 0 failed, 4 grid(s)" in result.stdout
+    html = (out / "index.html").read_text()
+    assert "http" not in html and html.count('<img src="grids/') == 4 and html.count('class="thumb"') == 24
+    assert "v2-seed0" in html and "case-000.zip" in html  # model revision and the cell's Comet archive
+    # One report experiment: its offline archive holds every grid, byte for byte, and the tables.
+    (archive,) = (out / "comet").glob("*.zip")
+    assert archive.name in html
+    with zipfile.ZipFile(archive) as z:
+        experiment = json.loads(z.read("experiment.json"))
+        uploads = [json.loads(line)["payload"] for line in z.read("messages.json").decode().splitlines()]
+        uploads = [p for p in uploads if "file_path" in p]
+        images = {p["additional_params"]["figName"]: z.read(p["file_path"]) for p in uploads
+                  if p["upload_type"] == "visualization"}
+        assets = {p.get("additional_params", {}).get("fileName") or p.get("file_name") for p in uploads
+                  if p["upload_type"] != "visualization"}
+    assert {"report", "sweep:sweep-1"} <= set(experiment["tags"])
+    grids = {g.stem: g.read_bytes() for g in (out / "grids").glob("*.png")}
+    assert len(grids) == 4 and images == grids
+    assert {"runs.csv", "by_axis.csv", "best.json", "metrics.json"} <= assets
+
+
+def test_dvc_plots_declared_in_dvc_yaml_match_the_report():
+    plots = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]
+    curves = {name: spec for entry in plots if isinstance(entry, dict) for name, spec in entry.items()}
+    assert set(curves) == {f"{m} vs {a}" for m in PLOT_METRICS for a in PLOT_AXES}
+    for name, spec in curves.items():
+        metric, axis = name.split(" vs ")
+        assert spec["x"] == axis and spec["y"] == {f"${{paths.report}}/plots/{axis}.csv": metric}
+    assert "${paths.report}/grids" in plots  # the grids as image plots
+
+
+def test_dvc_plots_show_renders_the_report(tmp_path):
+    """`dvc plots show` on the real dvc.yaml and params.yaml, in a scratch DVC project holding a report."""
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO_ROOT / name).read_text())
+    run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path)
+    report_dir = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["paths"]["report"]
+    fake_cells(tmp_path / "gen")
+    build_report(tmp_path / "gen" / "cells", tmp_path / report_dir, "guidance", "strength")
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], cwd=tmp_path).stdout)
+    assert not shown.get("errors")
+    data = shown["data"]
+    values = data["drift_psnr vs guidance"][0]["content"]["data"]["values"]
+    assert [float(v["guidance"]) for v in values] == [5.0, 7.5, 12.0]
+    assert len([k for k in data if k.endswith(".png")]) == 4 and len(data) == 12 + 4
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "page")], cwd=tmp_path)
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "peak_memory_mb vs strength" in page and page.count("<img") == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP saved like a real checkpoint folder: model, tokenizer and image processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from inpaint_sweep.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    path = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_clip_score_with_a_tiny_offline_clip(tmp_path, tiny_clip):
+    from inpaint_sweep.clip_score import clip_cosines, clip_scores, load_clip
+
+    clip = load_clip(str(tiny_clip))
+    grid = {"guidance": (5.0, 7.5), "strength": (1.0,), "steps": (4,), "negative_prompt": ("",)}
+    fake_cells(tmp_path, grid, seeds=(0, 1))
+    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength", clip=clip)
+    scores = report["df"]["clip_score"]
+    assert len(scores) == 4 and scores.between(0, 100).all()
+    assert "clip_score" in report["mean"] and report["best"]["clip_score"]["better"] == "higher"
+    # Random weights put cosines near 0, so test the cosine behind the score: same image and prompt, same cosine;
+    # another prompt or another image, another cosine; the score is 100 x max(cosine, 0).
+    one, two = (Image.open(p) for p in report["df"]["image"][:2])
+    cos = clip_cosines(clip, [one, one, one, two], ["a red fox", "a red fox", "zzzz qqqq", "a red fox"])
+    assert cos[0] == pytest.approx(cos[1]) and len({round(c, 5) for c in cos}) == 3
+    assert clip_scores(clip, [one, two], ["a red fox"] * 2) == pytest.approx([100 * max(c, 0) for c in cos[::3]], abs=1e-3)
+
+
+def test_clip_model_that_cannot_load_is_a_config_error(tmp_path):
+    from inpaint_sweep.clip_score import load_clip
+
+    with pytest.raises(ConfigError, match=f"report.clip_model='{tmp_path}' could not be loaded offline"):
+        load_clip(str(tmp_path))

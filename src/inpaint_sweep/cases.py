@@ -1,4 +1,9 @@
-"""The case manifest: which photo, which box, which prompt."""
+"""The case manifest: which photo, which box, which prompt.
+
+One case = one image, one box, one prompt. Several boxes on one image are several cases (each its own mask, overlay,
+record and generated images), never one case with a union mask. Ids are stable: written in the manifest, or derived
+from the image name and the box, so adding, removing or reordering other cases never renames a case.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,12 @@ def check_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str)
         raise ConfigError(f"{where}: box={list(box)} lies outside the {width}x{height} image")
 
 
+def default_case_id(image: Path, box: tuple[int, int, int, int]) -> str:
+    """`<image stem>_<x1>_<y1>_<x2>_<y2>`: depends only on the case itself, not on its place in the manifest."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", image.stem).lstrip("_.-") or "image"
+    return f"{stem}_" + "_".join(str(v) for v in box)
+
+
 def load_cases(manifest: str | Path) -> list[Case]:
     """Read and validate the manifest; image paths are relative to the manifest's folder."""
     manifest = Path(manifest)
@@ -71,12 +82,15 @@ def load_cases(manifest: str | Path) -> list[Case]:
             if key not in entry:
                 raise ConfigError(f"{where}: missing required key {key!r}")
         image = (manifest.parent / str(entry["image"])).resolve()
-        case_id = str(entry.get("id") or f"{image.stem}_{i}")
+        if entry.get("id"):
+            where = f"case {str(entry['id'])!r}"
+        box = parse_box(entry["box"], where)
+        case_id = str(entry.get("id") or default_case_id(image, box))
         where = f"case {case_id!r}"
         if not _ID_RE.match(case_id):
             raise ConfigError(f"{where}: id may hold only letters, digits, '_', '-', '.', got id={case_id!r}")
         if any(c.id == case_id for c in cases):
-            raise ConfigError(f"{where}: duplicate id={case_id!r}; ids must be unique")
+            raise ConfigError(f"{where}: duplicate id={case_id!r}; ids must be unique (give each case its own id)")
         prompt = entry["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError(f"{where}: prompt must be non-empty text, got prompt={prompt!r}")
@@ -89,7 +103,6 @@ def load_cases(manifest: str | Path) -> list[Case]:
                 size = im.size
         except Exception as e:  # PIL raises several types (and plugins registered by other packages more)
             raise ConfigError(f"{where}: image {entry['image']!r} does not decode as an image ({e})") from None
-        box = parse_box(entry["box"], where)
         check_box(box, size, where)
         cases.append(Case(id=case_id, image=image, box=box, prompt=prompt.strip(), size=size))
     return cases

@@ -1,10 +1,21 @@
-"""Grid cells: content-addressed ids, and running one cell from prepared case to record, image and Comet log."""
+"""Grid cells: content-addressed ids, a persistent cell store, and the per-run view that DVC tracks.
+
+A cell is one case under one combination of settings; its images (one per seed) come from one batched pipeline call.
+Its id hashes everything that decides its pixels, so:
+- a finished cell lives in the store (`paths.cell_store`, outside DVC's outputs) and is never computed twice:
+  adding a grid value computes only the new cells, and a killed sweep resumes where it stopped;
+- the stage's output folder (`paths.generate`) is a view holding exactly the cells of the grid just run, hard-linked
+  from the store, so DVC and the report see the current grid and nothing else.
+Writes are atomic (temporary file + rename) and a cell's record is written last, so a cell is complete exactly when its
+record says `"status": "ok"`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import traceback
@@ -19,7 +30,10 @@ from .images import save_image, write_json
 from .inpaint import inpaint, working_size
 
 RECORD = "record.json"
-IMAGE = "image.png"
+AXES = ("steps", "guidance", "strength", "negative_prompt", "seed")
+# Bump when code changes what a cell's pixels are for the same settings (compositing, resizing, ...):
+# cells computed by older code then get new ids instead of being reused from the store.
+ENGINE_VERSION = 1
 
 
 def file_digest(path: str | Path) -> str:
@@ -30,6 +44,10 @@ def cell_id(case_id: str, determinants: dict) -> str:
     """`<case>-<12 hex>`: a hash of everything that decides the cell's pixels, so equal settings share one id."""
     blob = json.dumps(determinants, sort_keys=True, default=str).encode()
     return f"{case_id}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def seed_list(seed) -> list[int]:
+    return [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
 
 
 @lru_cache(maxsize=1)
@@ -56,18 +74,49 @@ def load_prepared(prepare_dir: str | Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def is_complete(cell_dir: Path) -> bool:
+def read_record(cell_dir: Path) -> dict | None:
     try:
-        return json.loads((cell_dir / RECORD).read_text()).get("status") == "ok"
+        return json.loads((cell_dir / RECORD).read_text())
     except (OSError, ValueError):
-        return False
+        return None
 
 
-def run_cell(model, case: dict, settings: dict, cells_dir: Path, comet_dir: Path, tracking_cfg, sweep_id: str):
-    """Generate one (case, settings) cell into its own folder. Returns its record (status ok, skipped or failed)."""
+def materialize(stored: Path, view: Path, record: dict) -> dict:
+    """Hard-link (or copy) a stored cell's images into the view and write its record with the view's paths."""
+    view.mkdir(parents=True, exist_ok=True)
+    images = []
+    for entry in record["images"]:
+        name = Path(entry["path"]).name
+        target = view / name
+        if not target.exists():
+            try:
+                os.link(stored / name, target)
+            except OSError:  # another filesystem: copy
+                shutil.copy2(stored / name, target)
+        images.append({**entry, "path": str(target)})
+    record = {**record, "images": images}
+    write_json(record, view / RECORD)
+    return record
+
+
+def run_cell(
+    model,
+    case: dict,
+    settings: dict,
+    store_dir: Path,
+    view_dir: Path,
+    tracking_cfg,
+    sweep_id: str,
+) -> tuple[dict, str]:
+    """Make one (case, settings) cell available in the view, computing it only if the store lacks it.
+
+    Returns the record and what happened this run: "done", "skipped" (taken from the store) or "failed".
+    """
     # 1. Identify the cell by what decides its pixels.
+    seeds = seed_list(settings["seed"])
     width, height = working_size(tuple(case["image_size"]), settings["size"])
     determinants = {
+        "engine": ENGINE_VERSION,
         "case": case["id"],
         "image_sha256": file_digest(case["image"]),
         "mask_sha256": file_digest(case["mask"]),
@@ -76,13 +125,19 @@ def run_cell(model, case: dict, settings: dict, cells_dir: Path, comet_dir: Path
         "model_revision": model.revision,
         "dtype": model.dtype,
         "working_size": [width, height],
-        **{k: settings[k] for k in ("steps", "guidance", "strength", "negative_prompt", "seed")},
+        **{k: settings[k] for k in AXES if k != "seed"},
+        "seeds": seeds,
     }
     cid = cell_id(case["id"], determinants)
-    cell_dir = cells_dir / cid
-    if is_complete(cell_dir):
-        record = json.loads((cell_dir / RECORD).read_text())
-        return {**record, "status_this_run": "skipped"}
+    stored, view = store_dir / cid, view_dir / "cells" / cid
+
+    # 2. Already computed (this sweep, an earlier one, or before a kill): reuse it.
+    record = read_record(stored)
+    if record is not None and record.get("status") == "ok":
+        record = materialize(stored, view, record)
+        if tracking_cfg.comet and not record.get("comet"):  # killed before its Comet log finished: log it now
+            _log_to_comet(record, case, stored, view, view_dir / "comet", tracking_cfg)
+        return record, "skipped"
 
     record = {
         "cell_id": cid,
@@ -90,7 +145,7 @@ def run_cell(model, case: dict, settings: dict, cells_dir: Path, comet_dir: Path
         "error": None,
         "case": case["id"],
         "prompt": case["prompt"],
-        **{k: settings[k] for k in ("steps", "guidance", "strength", "negative_prompt", "seed")},
+        **{k: settings[k] for k in AXES},
         "model": settings["model_name"],
         "model_id": model.model_id,
         "model_revision": model.revision,
@@ -102,16 +157,15 @@ def run_cell(model, case: dict, settings: dict, cells_dir: Path, comet_dir: Path
         "sweep_id": sweep_id,
         "input": case["image"],
         "mask": case["mask"],
-        "image": None,
-        "metrics": {},
+        "images": [],
         "comet": None,
         "finished_at": None,
     }
-    # 2. Generate, composite and save; a failure is recorded, never raised, so the sweep goes on.
+    # 3. Generate every seed in one call, composite, save into the store; a failure is recorded, never raised.
     try:
         image = Image.open(case["image"]).convert("RGB")
         mask = np.asarray(Image.open(case["mask"])) > 127
-        result, metrics = inpaint(
+        results = inpaint(
             model.pipe,
             image,
             mask,
@@ -120,44 +174,65 @@ def run_cell(model, case: dict, settings: dict, cells_dir: Path, comet_dir: Path
             settings["steps"],
             settings["guidance"],
             settings["strength"],
-            settings["seed"],
+            seeds,
             settings["size"],
             model.device,
         )
-        save_image(result, cell_dir / IMAGE)
-        record.update(image=str(cell_dir / IMAGE), metrics=metrics)
+        for seed, (result, metrics) in zip(seeds, results):
+            save_image(result, stored / f"seed-{seed}.png")
+            record["images"].append({"seed": seed, "path": str(stored / f"seed-{seed}.png"), "metrics": metrics})
     except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(record, view / RECORD)  # shown by the report; not stored, so the next run retries it
+        return record, "failed"
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(record, stored / RECORD)  # last: from now on the cell is complete
+    record = materialize(stored, view, record)
 
-    # 3. Log to Comet in the background; the record names the archive it will be in.
-    if tracking_cfg.comet and record["status"] == "ok":
-        online = tracking.is_online(tracking_cfg.offline)
-        params = {k: record[k] for k in ("case", "prompt", "steps", "guidance", "strength", "negative_prompt", "seed")}
-        params.update(model=record["model"], model_id=record["model_id"], model_revision=record["model_revision"],
-                      mask_method=record["mask_method"], cell_id=cid, code_version=record["code_version"])
-        future = tracking.submit(
-            tracking.log_cell,
-            comet_dir,
-            online,
-            tracking_cfg.project,
-            tracking_cfg.workspace,
-            cid,
-            params,
-            record["metrics"],
-            [f"sweep:{sweep_id}", f"case:{case['id']}", f"model:{record['model']}"],
-            {"input": case["image"], "mask": case["mask"], "output": record["image"]},
-        )
-        future.add_done_callback(lambda f, d=cell_dir: _note_comet(f, d))
-    write_json(record, cell_dir / RECORD)
-    return {**record, "status_this_run": record["status"]}
+    # 4. Log to Comet in the background; the records learn their archive when it is written.
+    if tracking_cfg.comet:
+        _log_to_comet(record, case, stored, view, view_dir / "comet", tracking_cfg)
+    return record, "done"
 
 
-def _note_comet(future, cell_dir: Path) -> None:
-    """Write where the cell's Comet log went into its record, once the background log finished."""
+def comet_params(record: dict) -> dict:
+    """The cell's Comet parameters: the config's own key names, plus what identifies the cell."""
+    params = {k: record[k] for k in ("case", "prompt", *AXES)}
+    params.update({k: record[k] for k in ("model", "model_id", "model_revision", "mask_method", "cell_id", "code_version")})
+    return params
+
+
+def _log_to_comet(record: dict, case: dict, stored: Path, view: Path, comet_dir: Path, tracking_cfg) -> None:
+    online = tracking.is_online(tracking_cfg.offline)
+    images = {"input": case["image"], "mask": case["mask"]}
+    images.update({f"output_seed-{e['seed']}": e["path"] for e in record["images"]})
+    metrics = {}
+    for entry in record["images"]:
+        suffix = "" if len(record["images"]) == 1 else f"_seed-{entry['seed']}"
+        metrics.update({f"{k}{suffix}": v for k, v in entry["metrics"].items()})
+    future = tracking.submit(
+        tracking.log_cell,
+        comet_dir,
+        online,
+        tracking_cfg.project,
+        tracking_cfg.workspace,
+        record["cell_id"],
+        comet_params(record),
+        metrics,
+        [f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
+        images,
+    )
+    future.add_done_callback(lambda f: _note_comet(f, (stored, view)))
+
+
+def _note_comet(future, cell_dirs) -> None:
+    """Write where the cell's Comet log went into its records, once the background log finished."""
     if future.exception() is not None:
         return
-    path = cell_dir / RECORD
-    record = json.loads(path.read_text())
-    record["comet"] = os.path.relpath(future.result()) if not future.result().startswith("http") else future.result()
-    write_json(record, path)
+    where = future.result()
+    where = where if where.startswith("http") else os.path.relpath(where)
+    for cell_dir in cell_dirs:
+        record = read_record(cell_dir)
+        if record is not None:
+            write_json({**record, "comet": where}, cell_dir / RECORD)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -16,7 +16,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_NAME = "params"
 SWEEP_AXES = ("steps", "guidance", "strength", "negative_prompt", "seed")
-MASK_METHODS = ("box", "yolo")
+MASK_METHODS = ("box", "ellipse", "yolo", "sam")  # geometric (no weights) | Ultralytics models (local weights)
+MASK_ON_MISS = ("error", "box")
 
 
 class ConfigError(ValueError):
@@ -39,9 +40,18 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    method: str = "box"
+    method: str = "box"  # box | ellipse | yolo | sam
     weights: str = "yolov8n-seg.pt"
+    sam_weights: str = "mobile_sam.pt"
     conf: float = 0.25
+    max_det: int = 100
+    classes: List[str] = field(default_factory=list)  # names or ids (as text); empty = every class
+    on_miss: str = "error"  # error | box
+    clip_to_box: bool = False
+    dilate: int = 8
+    fill_holes: bool = True
+    min_area: int = 64
+    feather: int = 6
     overlay_alpha: float = 0.45
 
 
@@ -58,12 +68,16 @@ class PathsConfig:
     prepare: str = MISSING
     generate: str = MISSING
     report: str = MISSING
+    cell_store: str = MISSING
 
 
 @dataclass
 class ReportConfig:
     rows: str = "guidance"
     cols: str = "strength"
+    cell_size: int = 256
+    max_megapixels: float = 16.0
+    clip_model: Optional[str] = None
 
 
 @dataclass
@@ -74,7 +88,7 @@ class Config:
     guidance: float = MISSING
     strength: float = MISSING
     negative_prompt: str = ""
-    seed: int = 0
+    seed: Any = 0  # an int, or a list of ints for several images per cell (checked in check_config)
     mask: MaskConfig = field(default_factory=MaskConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -94,12 +108,41 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(
             f"steps x strength must give at least one denoising step, got steps={cfg.steps} strength={cfg.strength}"
         )
+    seed = cfg.seed
+    seeds = list(seed) if OmegaConf.is_list(seed) or isinstance(seed, list) else [seed]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"seed must be a non-negative integer or a non-empty list of them, got seed={seed}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed list has duplicates, got seed={seed}")
     if cfg.guidance < 0:
         raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance}")
-    if cfg.mask.method not in MASK_METHODS:
-        raise ConfigError(f"unknown mask.method={cfg.mask.method!r}; choose one of {', '.join(MASK_METHODS)}")
+    check_mask_config(cfg.mask)
     if cfg.model.size % 8 or cfg.model.size < 64:
         raise ConfigError(f"model.size must be a multiple of 8 and >= 64, got model.size={cfg.model.size}")
+
+
+def check_mask_config(mask: Any) -> None:
+    """Raise ConfigError naming the first bad mask.* value (prepare's settings)."""
+    if mask.method not in MASK_METHODS:
+        raise ConfigError(f"unknown mask.method={mask.method!r}; choose one of {', '.join(MASK_METHODS)}")
+    if mask.on_miss not in MASK_ON_MISS:
+        raise ConfigError(f"unknown mask.on_miss={mask.on_miss!r}; choose one of {', '.join(MASK_ON_MISS)}")
+    if not 0 <= mask.conf <= 1:
+        raise ConfigError(f"mask.conf must be in [0, 1], got mask.conf={mask.conf}")
+    if mask.max_det < 1:
+        raise ConfigError(f"mask.max_det must be >= 1, got mask.max_det={mask.max_det}")
+    for key in ("dilate", "min_area", "feather"):
+        if mask[key] < 0:
+            raise ConfigError(f"mask.{key} must be >= 0 pixels, got mask.{key}={mask[key]}")
+    if not 0 <= mask.overlay_alpha <= 1:
+        raise ConfigError(f"mask.overlay_alpha must be in [0, 1], got mask.overlay_alpha={mask.overlay_alpha}")
+    classes = list(mask.classes)
+    if any(not str(c).strip() for c in classes):
+        raise ConfigError(f"mask.classes holds an empty name, got mask.classes={classes}")
+    if classes and mask.method == "sam":
+        raise ConfigError(
+            f"mask.classes filters YOLO classes and SAM has none; got mask.classes={classes} with mask.method=sam"
+        )
 
 
 def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

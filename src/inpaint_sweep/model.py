@@ -48,8 +48,10 @@ def pick_dtype(dtype: str, device: str):
 def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype):
     from diffusers import AutoPipelineForInpainting
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()  # the sweep has its own progress bar
+    transformers_logging.disable_progress_bar()
 
     # safetensors only: a pickle checkpoint can run arbitrary code when loaded.
     return AutoPipelineForInpainting.from_pretrained(

@@ -34,6 +34,7 @@ def log_cell(
     metrics: dict,
     tags: list[str],
     images: dict[str, str],
+    assets: dict[str, str] | None = None,
 ) -> str:
     """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL."""
     os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # stage prints one upload hint, not one per cell
@@ -67,6 +68,8 @@ def log_cell(
     experiment.log_metrics(metrics)
     for image_name, path in images.items():
         experiment.log_image(path, name=image_name)
+    for file_name, path in (assets or {}).items():  # tables and other files, under their own names
+        experiment.log_asset(path, file_name=file_name)
     key = experiment.get_key()
     experiment.end()
     if online:

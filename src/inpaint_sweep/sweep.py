@@ -1,0 +1,78 @@
+"""Sweep book-keeping for the generate Hydra app: a fresh view per run, an overall progress bar, a failure count.
+
+`SweepCallback` is registered in params.yaml (hydra.callbacks). At the start of a run or multirun it empties the
+view folder (paths.generate/cells), so the view holds exactly the cells of this grid; finished cells come back from
+the cell store without being recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+COUNTS = {"done": 0, "skipped": 0, "failed": 0}
+STATE = {"total": None, "start": None, "bar": None}
+
+
+def grid_size(sweeper_params: dict, task_overrides: list[str]) -> int:
+    """Number of jobs Hydra's basic sweeper makes from the config grid plus command-line overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    lengths = {}
+    for override in parser.parse_overrides([f"{k}={v}" for k, v in sweeper_params.items()] + list(task_overrides)):
+        key = override.get_key_element()
+        lengths[key] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+    return math.prod(lengths.values())
+
+
+def reset_view(generate_dir: str | Path) -> None:
+    for sub in ("cells", "comet"):
+        shutil.rmtree(Path(generate_dir) / sub, ignore_errors=True)
+
+
+def start(total: int | None) -> None:
+    from tqdm.auto import tqdm
+
+    COUNTS.update(done=0, skipped=0, failed=0)
+    STATE.update(total=total, start=time.perf_counter())
+    STATE["bar"] = tqdm(total=total, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
+
+
+def advance(status: str) -> None:
+    """Count one finished cell (done / skipped / failed) and move the overall bar."""
+    COUNTS[status] += 1
+    bar = STATE["bar"]
+    if bar is not None:
+        bar.set_postfix(COUNTS, refresh=False)
+        bar.update(1)
+
+
+def finish() -> None:
+    if STATE["bar"] is not None:
+        STATE["bar"].close()
+        STATE["bar"] = None
+
+
+class SweepCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        reset_view(config.paths.generate)
+        start(None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        reset_view(config.paths.generate)
+        cases_file = Path(config.paths.prepare) / "cases.json"
+        cases = len(json.loads(cases_file.read_text())) if cases_file.is_file() else 1
+        start(grid_size(config.hydra.sweeper.params or {}, config.hydra.overrides.task) * cases)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        finish()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        finish()

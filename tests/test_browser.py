@@ -1,0 +1,100 @@
+"""The HTML report in real headless Chromium, opened from disk: every image decodes, the table sorts, nothing is
+fetched from a network, and a screenshot is saved as a test artefact.
+
+Chromium is Debian's `chromium` package; `make test` installs it when missing.
+"""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inpaint_sweep.html_report import write_html
+from inpaint_sweep.report import build_report, metric_columns
+
+from test_report import fake_cells
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (`make test` installs it: apt-get install chromium)"
+)
+
+# Headless, and nothing phones home: no sync, updates, QUIC or background traffic; every host name fails to resolve.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND"]
+
+# Appended to a copy of the page: once every image has loaded or failed, report what the page shows into the DOM.
+CHECK = r"""<pre id="check-result"></pre><script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var table = document.getElementById("runs-table"), head = table.tHead.rows[0].cells;
+  var col = Array.prototype.map.call(head, function (h) { return h.textContent; }).indexOf("drift_psnr");
+  var column = function () {
+    return Array.prototype.map.call(table.tBodies[0].rows, function (r) { return r.cells[col].dataset.sort; });
+  };
+  head[col].click(); var ascending = column();
+  head[col].click(); var descending = column();
+  document.getElementById("check-result").textContent = JSON.stringify({
+    images: images.length,
+    broken: images.filter(function (im) { return !(im.complete && im.naturalWidth > 0); })
+                  .map(function (im) { return im.getAttribute("src"); }),
+    grids: images.filter(function (im) { return im.getAttribute("src").indexOf("grids/") === 0; })
+                 .map(function (im) { return [im.naturalWidth, im.naturalHeight]; }),
+    external: Array.prototype.map.call(document.querySelectorAll("[src], [href]"), function (el) {
+      return el.getAttribute("src") || el.getAttribute("href"); }).filter(function (u) { return /^[a-z]+:|^\/\//i.test(u); }),
+    links: document.querySelectorAll("a[href^='#']").length,
+    ascending: ascending, descending: descending, title: document.title
+  });
+});
+</script></body>"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """A report of the default 24-cell grid with one failed cell, written as the report stage writes it."""
+    root = tmp_path_factory.mktemp("browser")
+    fake_cells(root / "generate", failed={(12.0, 0.75, 4, "cartoon")})
+    report = build_report(root / "generate" / "cells", root / "report", "guidance", "strength")
+    comet = "results/report/comet/0123456789abcdef.zip"
+    return write_html(root / "report" / "index.html", report, metric_columns(report["df"]), "guidance", "strength",
+                      comet), report
+
+
+def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_every_image_decodes_and_the_table_sorts(page, tmp_path):
+    index, report = page
+    check = index.with_name("check.html")  # beside the page, so its relative image paths resolve the same way
+    check.write_text(index.read_text().replace("</body>", CHECK))
+    result = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    start = result.stdout.index('<pre id="check-result">') + len('<pre id="check-result">')
+    seen = json.loads(result.stdout[start:result.stdout.index("</pre>", start)])
+
+    assert seen["title"] == "inpaint-sweep report"
+    assert seen["images"] == 4 + 23 and seen["broken"] == []  # 4 grids + a thumbnail per ok image, all decoded
+    assert sorted(seen["grids"]) == sorted([list(g["size"]) for g in report["grid_files"]])
+    assert seen["external"] == [] and seen["links"] > 24  # relative paths only; in-page links to image details
+    values = [float(v) for v in seen["ascending"] if v != ""]
+    assert values == sorted(values) and len(values) == 23 and seen["ascending"][-1] == ""  # the failed row last
+    assert [float(v) for v in seen["descending"] if v != ""] == sorted(values, reverse=True)
+
+
+def test_screenshot_of_the_report(page, tmp_path):
+    index, _ = page
+    shot = tmp_path / "report.png"  # the test artefact: look at it under pytest's tmp folder
+    result = chromium(tmp_path, "--window-size=1280,1600", "--hide-scrollbars", f"--screenshot={shot}", index.as_uri())
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.shape[:2] == (1600, 1280)
+    # The page's text and first grid are drawn: plenty of dark pixels and of colour (the random test images).
+    assert (pixels.max(axis=2) < 80).sum() > 2000
+    assert (pixels.max(axis=2).astype(int) - pixels.min(axis=2) > 100).sum() > 10000

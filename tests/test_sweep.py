@@ -1,0 +1,135 @@
+"""The sweep engine: one model load per multirun, content-addressed cells reused from the store, kill and resume,
+batched seeds, and a bad cell that does not sink the sweep."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inpaint_sweep.inpaint import inpaint
+from inpaint_sweep.masks import box_mask
+
+from conftest import run, stage_env
+
+FAST = ["steps=2", "strength=1.0", "negative_prompt=", "model.size=64"]
+FIXED_GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2",
+              "hydra.sweeper.params.negative_prompt=''"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
+    return out
+
+
+def generate(tmp, prepared, model_cache, *args, check=True, env=None):
+    cmd = ["python", "stages/generate.py", *args, "model.size=64", f"paths.prepare={prepared}",
+           f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra/multirun",
+           f"hydra.run.dir={tmp}/gen/hydra/run", f"model.cache_dir={model_cache}"]
+    return run(cmd, check=check, env=env)
+
+
+def counts(result) -> dict:
+    m = re.search(r"generate: (\d+) computed, (\d+) reused from the cell store, (\d+) failed", result.stdout)
+    assert m, result.stdout + result.stderr
+    return dict(zip(("computed", "reused", "failed"), map(int, m.groups())))
+
+
+def view(tmp) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(tmp, "gen", "cells").glob("*/record.json"))]
+
+
+def test_sweep_loads_once_reuses_cells_and_the_view_follows_the_grid(tmp_path, prepared, model_cache):
+    grid = ["strength=0.75,1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=''",
+            "tracking.comet=false"]
+    # 1. A 6-cell multirun builds the pipeline once and shows an overall progress bar.
+    first = generate(tmp_path, prepared, model_cache, "-m", "guidance=5,7.5,12", *grid)
+    assert counts(first) == {"computed": 6, "reused": 0, "failed": 0}
+    assert len(view(tmp_path)) == 6
+    assert (first.stdout + first.stderr).count("loaded model builtin/tiny-sd-inpaint") == 1
+    assert "6/6" in first.stderr and "failed=0" in first.stderr
+    before = {r["cell_id"]: Path(r["images"][0]["path"]).read_bytes() for r in view(tmp_path)}
+
+    # 2. Adding a value computes only the new cells; the others are the very same files.
+    added = generate(tmp_path, prepared, model_cache, "-m", "guidance=5,7.5,12,15", *grid)
+    assert counts(added) == {"computed": 2, "reused": 6, "failed": 0}
+    assert sorted({r["guidance"] for r in view(tmp_path)}) == [5.0, 7.5, 12.0, 15.0]
+    for r in view(tmp_path):
+        if r["cell_id"] in before:
+            assert Path(r["images"][0]["path"]).read_bytes() == before[r["cell_id"]]
+
+    # 3. Removing values removes their cells from the output, and reverting computes nothing.
+    removed = generate(tmp_path, prepared, model_cache, "-m", "guidance=5", *grid)
+    assert counts(removed) == {"computed": 0, "reused": 2, "failed": 0}
+    assert sorted((r["guidance"], r["strength"]) for r in view(tmp_path)) == [(5.0, 0.75), (5.0, 1.0)]
+
+
+def test_killed_sweep_resumes_with_only_unfinished_cells(tmp_path, prepared, model_cache):
+    args = ["python", "stages/generate.py", "-m", "guidance=1,2,3,4,5", *FIXED_GRID, "hydra.sweeper.params.steps=4",
+            "model.size=128", "tracking.comet=false", f"paths.prepare={prepared}", f"paths.generate={tmp_path}/gen",
+            f"paths.cell_store={tmp_path}/store", f"hydra.sweep.dir={tmp_path}/gen/hydra", f"model.cache_dir={model_cache}"]
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen(args, env=stage_env(), stdout=log, stderr=log, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "store").glob("*/record.json"))) < 2 and time.time() < deadline:
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list((tmp_path / "store").glob("*/record.json")))
+    assert 2 <= finished < 5, "the sweep should have been killed mid-way"
+
+    resumed = run(args)
+    assert counts(resumed) == {"computed": 5 - finished, "reused": finished, "failed": 0}
+    store = tmp_path / "store"
+    assert not list(store.rglob("*.tmp")), "a half-written file was left behind"
+    for record_path in store.glob("*/record.json"):
+        record = json.loads(record_path.read_text())
+        for entry in record["images"]:
+            Image.open(entry["path"]).load()  # every image decodes
+
+
+def test_seed_list_is_one_batched_call_equal_to_single_seed_calls(tiny_model, photo):
+    mask = box_mask(photo.size, (30, 20, 70, 60))
+    kwargs = dict(prompt="a dragon", negative_prompt="", steps=2, guidance=7.5, strength=1.0, size=64, device="cpu")
+    batched = inpaint(tiny_model.pipe, photo, mask, seeds=[3, 4], **kwargs)
+    assert len(batched) == 2
+    for seed, (image, _) in zip([3, 4], batched):
+        (alone, _), = inpaint(tiny_model.pipe, photo, mask, seeds=seed, **kwargs)
+        diff = np.abs(np.asarray(image, dtype=int) - np.asarray(alone, dtype=int))
+        assert diff.max() <= 2  # batching only changes float rounding
+    assert (np.asarray(batched[0][0]) != np.asarray(batched[1][0])).any()
+
+
+def test_seed_list_makes_one_cell_with_an_image_per_seed(tmp_path, prepared, model_cache):
+    result = generate(tmp_path, prepared, model_cache, *FAST, "seed=[0,1,2]", "tracking.comet=false")
+    assert counts(result) == {"computed": 1, "reused": 0, "failed": 0}
+    (record,) = view(tmp_path)
+    assert record["seed"] == [0, 1, 2] and [e["seed"] for e in record["images"]] == [0, 1, 2]
+    assert all(Path(e["path"]).is_file() for e in record["images"])
+
+
+def test_one_bad_cell_does_not_sink_the_sweep(tmp_path, prepared, model_cache):
+    cases = json.loads((prepared / "cases.json").read_text())
+    broken = {**cases[0], "id": "broken", "image": str(tmp_path / "deleted.jpg")}
+    Image.open(cases[0]["image"]).save(broken["image"])
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "cases.json").write_text(json.dumps([broken, cases[0]]))
+    Path(broken["image"]).write_bytes(b"truncated")  # the photo got corrupted after prepare
+    result = generate(tmp_path, tmp_path / "prep", model_cache, "-m", "guidance=5,9", *FIXED_GRID,
+                      "tracking.comet=false", check=False)
+    assert result.returncode == 1
+    assert counts(result) == {"computed": 2, "reused": 0, "failed": 2}
+    records = view(tmp_path)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(records) == 4 and len(failed) == 2 and all(r["case"] == "broken" for r in failed)
+    assert all("UnidentifiedImageError" in r["error"] for r in failed)
+    assert "error: 2 cell(s) failed: broken-" in result.stderr
