@@ -34,7 +34,8 @@ def main(overrides: list[str]) -> None:
         f"failed, {report['grids']} grid(s) -> {out}/index.html"
     )
     if comet:
-        print(f"Comet report experiment: {comet}" + ("" if comet.startswith("http") else f"  (upload: comet upload {comet})"))
+        upload = "" if comet.startswith("http") else f"  (upload: comet upload {comet})"
+        print(f"Comet report experiment: {comet}{upload}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ window.addEventListener("load", function () {
     grids: images.filter(function (im) { return im.getAttribute("src").indexOf("grids/") === 0; })
                  .map(function (im) { return [im.naturalWidth, im.naturalHeight]; }),
     external: Array.prototype.map.call(document.querySelectorAll("[src], [href]"), function (el) {
-      return el.getAttribute("src") || el.getAttribute("href"); }).filter(function (u) { return /^[a-z]+:|^\/\//i.test(u); }),
+      return el.getAttribute("src") || el.getAttribute("href");
+    }).filter(function (u) { return /^[a-z]+:|^\/\//i.test(u); }),
     links: document.querySelectorAll("a[href^='#']").length,
     ascending: ascending, descending: descending, title: document.title
   });
@@ -90,7 +91,8 @@ def test_every_image_decodes_and_the_table_sorts(page, tmp_path):
 def test_screenshot_of_the_report(page, tmp_path):
     index, _ = page
     shot = tmp_path / "report.png"  # the test artefact: look at it under pytest's tmp folder
-    result = chromium(tmp_path, "--window-size=1280,1600", "--hide-scrollbars", f"--screenshot={shot}", index.as_uri())
+    result = chromium(tmp_path, "--window-size=1280,1600", "--hide-scrollbars", "--virtual-time-budget=10000",
+                      f"--screenshot={shot}", index.as_uri())
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     with Image.open(shot) as im:
         pixels = np.asarray(im.convert("RGB"))

@@ -160,7 +160,8 @@ def test_megapixel_cap_shrinks_cells_instead_of_failing(tmp_path):
     df = load_records(tmp_path / "cells")
     (capped,), _ = write_grids(df, tmp_path / "capped", "guidance", "strength", cell_size=1200, max_megapixels=0.5)
     blank = Image.new("RGB", (30, 40))
-    big = labelled_grid({}, [5, 7.5, 12], [0.75, 1.0], "guidance", "strength", "t", 1200, {"input": blank, "mask": blank})
+    side = {"input": blank, "mask": blank}
+    big = labelled_grid({}, [5, 7.5, 12], [0.75, 1.0], "guidance", "strength", "t", 1200, side)
     assert big.width * big.height > 10e6  # what 1200-pixel cells would have made
     with Image.open(capped["path"]) as im:
         assert 0.4e6 < im.width * im.height <= 0.5e6
@@ -283,7 +284,8 @@ def test_clip_score_with_a_tiny_offline_clip(tmp_path, tiny_clip):
     one, two = (Image.open(p) for p in report["df"]["image"][:2])
     cos = clip_cosines(clip, [one, one, one, two], ["a red fox", "a red fox", "zzzz qqqq", "a red fox"])
     assert cos[0] == pytest.approx(cos[1]) and len({round(c, 5) for c in cos}) == 3
-    assert clip_scores(clip, [one, two], ["a red fox"] * 2) == pytest.approx([100 * max(c, 0) for c in cos[::3]], abs=1e-3)
+    expected = [100 * max(c, 0) for c in cos[::3]]
+    assert clip_scores(clip, [one, two], ["a red fox"] * 2) == pytest.approx(expected, abs=1e-3)
 
 
 def test_clip_model_that_cannot_load_is_a_config_error(tmp_path):
@@ -291,3 +293,16 @@ def test_clip_model_that_cannot_load_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=f"report.clip_model='{tmp_path}' could not be loaded offline"):
         load_clip(str(tmp_path))
+
+
+def test_peak_memory_on_cpu_sees_an_allocation_and_resets():
+    from inpaint_sweep.inpaint import peak_memory_mb, reset_peak_memory
+
+    reset_peak_memory("cpu")
+    before = peak_memory_mb("cpu")
+    block = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MiB, touched
+    with_block = peak_memory_mb("cpu")
+    del block
+    reset_peak_memory("cpu")
+    assert with_block - before > 250
+    assert peak_memory_mb("cpu") < with_block - 250  # a new peak after the reset (Linux: /proc/self/clear_refs)

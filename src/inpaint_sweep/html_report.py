@@ -45,7 +45,10 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
       var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
       table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
       th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
-      var key = function (row) { var td = row.cells[col]; return td.dataset.sort !== undefined ? td.dataset.sort : td.textContent.trim(); };
+      var key = function (row) {
+        var td = row.cells[col];
+        return td.dataset.sort !== undefined ? td.dataset.sort : td.textContent.trim();
+      };
       var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
       rows.sort(function (a, b) {
         var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);

@@ -48,7 +48,8 @@ def check_report_settings(rows: str, cols: str, cell_size: int, max_megapixels: 
         raise ConfigError(f"report.cell_size must be >= 16 pixels, got report.cell_size={cell_size}")
     if not 0 < max_megapixels <= MAX_GRID_MEGAPIXELS:
         raise ConfigError(
-            f"report.max_megapixels must be in (0, {MAX_GRID_MEGAPIXELS:.0f}], got report.max_megapixels={max_megapixels}"
+            f"report.max_megapixels must be in (0, {MAX_GRID_MEGAPIXELS:.0f}], "
+            f"got report.max_megapixels={max_megapixels}"
         )
 
 
@@ -264,8 +265,9 @@ def build_report(
     # 1. Start from an empty report folder, so no grid of an earlier sweep lingers.
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in OUTPUT_FOLDERS:
+    for folder in OUTPUT_FOLDERS:  # all exist afterwards, even empty: they are DVC outputs
         shutil.rmtree(out_dir / folder, ignore_errors=True)
+        (out_dir / folder).mkdir()
 
     # 2. A row per image, with the metrics computed across images.
     df = add_diversity(load_records(cells_dir))

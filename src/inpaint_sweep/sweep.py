@@ -7,6 +7,7 @@ the cell store without being recomputed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -14,22 +15,44 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .cli import one_line_errors
+from .config import check_config
 
 COUNTS = {"done": 0, "skipped": 0, "failed": 0}
 STATE = {"total": None, "start": None, "bar": None}
 
 
-def grid_size(sweeper_params: dict, task_overrides: list[str]) -> int:
-    """Number of jobs Hydra's basic sweeper makes from the config grid plus command-line overrides."""
+def grid_values(sweeper_params: dict, task_overrides: list[str]) -> dict[str, list]:
+    """Each overridden key and its values, as Hydra's basic sweeper sees them (command line over config grid)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import QuotedString
 
     parser = OverridesParser.create()
-    lengths = {}
+    values = {}
     for override in parser.parse_overrides([f"{k}={v}" for k, v in sweeper_params.items()] + list(task_overrides)):
-        key = override.get_key_element()
-        lengths[key] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
-    return math.prod(lengths.values())
+        found = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        values[override.get_key_element()] = [v.text if isinstance(v, QuotedString) else v for v in found]
+    return values
+
+
+def grid_size(sweeper_params: dict, task_overrides: list[str]) -> int:
+    """Number of jobs Hydra's basic sweeper makes from the config grid plus command-line overrides."""
+    return math.prod(len(v) for v in grid_values(sweeper_params, task_overrides).values())
+
+
+def check_grid(config: DictConfig, values: dict[str, list]) -> None:
+    """Validate every combination of the swept plain values before the first job, so a bad value in the last
+    column of a grid fails in the first second instead of after hours of computing."""
+    base = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    plain = {k: v for k, v in values.items() if not k.startswith("hydra.") and k != "model"
+             and not isinstance(OmegaConf.select(base, k), DictConfig)}
+    for combo in itertools.product(*plain.values()):
+        cfg = base.copy()
+        for key, value in zip(plain, combo):
+            OmegaConf.update(cfg, key, value, merge=False)
+        check_config(cfg)
 
 
 def reset_view(generate_dir: str | Path) -> None:
@@ -37,7 +60,7 @@ def reset_view(generate_dir: str | Path) -> None:
         shutil.rmtree(Path(generate_dir) / sub, ignore_errors=True)
 
 
-def start(total: int | None) -> None:
+def start(total: int) -> None:
     from tqdm.auto import tqdm
 
     COUNTS.update(done=0, skipped=0, failed=0)
@@ -62,10 +85,11 @@ def finish() -> None:
 
 class SweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        reset_view(config.paths.generate)
-        start(None)
+        reset_view(config.paths.generate)  # a single run: one cell per case, no progress bar needed
 
+    @one_line_errors  # hydra swallows callback exceptions; a bad grid must stop the sweep with one line
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_grid(config, grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task))
         reset_view(config.paths.generate)
         cases_file = Path(config.paths.prepare) / "cases.json"
         cases = len(json.loads(cases_file.read_text())) if cases_file.is_file() else 1

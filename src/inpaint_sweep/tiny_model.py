@@ -121,3 +121,191 @@ def ensure_tiny_checkpoint(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0):
+    """A tiny SDXL inpainting pipeline (two CLIP text encoders, `text_time` added conditioning), from `seed`.
+
+    The layout of diffusers' own StableDiffusionXLInpaintPipeline tests, with the 9-channel inpainting UNet and a
+    4-block VAE (downscale factor 8). Random weights: it paints noise. Used to test the SDXL code path offline.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",  # SDXL's micro-conditioning: sizes and crop, plus the pooled text embedding
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 (text_encoder_2's projection_dim)
+        cross_attention_dim=64,  # the two encoders' hidden states, concatenated: 32 + 32
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=256,
+        force_upcast=True,  # as SDXL's own VAE config: decode in float32 when the pipeline runs in float16
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=build_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=False,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+_RESNET_TO_LDM = (  # diffusers UNet resnet names -> the original (LDM) names
+    ("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"),
+)
+_VAE_ATTENTION_TO_LDM = (
+    ("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out."),
+)
+
+
+def _rename(key: str, pairs) -> str:
+    for old, new in pairs:
+        key = key.replace(old, new)
+    return key
+
+
+def _unet_to_ldm(unet) -> dict:
+    """A diffusers UNet2DConditionModel's weights under the original `model.diffusion_model.*` names.
+
+    The inverse of diffusers' convert_ldm_unet_checkpoint for any number of blocks and layers_per_block.
+    """
+    n = unet.config.layers_per_block + 1  # LDM slots per down block: its resnets, then the downsampler
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+    }
+    out = {}
+    for key, value in unet.state_dict().items():
+        parts = key.split(".")
+        head = ".".join(parts[:2]) if parts[0] == "time_embedding" else parts[0]
+        if head in fixed:
+            new = f"{fixed[head]}.{'.'.join(parts[len(head.split('.')):])}"
+        elif parts[0] == "down_blocks":
+            block, kind, rest = int(parts[1]), parts[2], parts[3:]
+            if kind == "downsamplers":  # down_blocks.B.downsamplers.0.conv.X
+                new = f"input_blocks.{n * (block + 1)}.0.op.{rest[-1]}"
+            else:
+                layer, rest = int(rest[0]), ".".join(rest[1:])
+                slot = "0" if kind == "resnets" else "1"
+                rest = _rename(rest, _RESNET_TO_LDM) if kind == "resnets" else rest
+                new = f"input_blocks.{n * block + layer + 1}.{slot}.{rest}"
+        elif parts[0] == "mid_block":
+            kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            if kind == "resnets":
+                new = f"middle_block.{2 * index}.{_rename(rest, _RESNET_TO_LDM)}"
+            else:
+                new = f"middle_block.{2 * index + 1}.{rest}"
+        elif parts[0] == "up_blocks":
+            block, kind, rest = int(parts[1]), parts[2], parts[3:]
+            if kind == "upsamplers":  # after the block's last layer: slot 1 without attention, 2 with it
+                has_attention = hasattr(unet.up_blocks[block], "attentions")
+                new = f"output_blocks.{n * block + n - 1}.{2 if has_attention else 1}.conv.{rest[-1]}"
+            else:
+                layer, rest = int(rest[0]), ".".join(rest[1:])
+                slot = "0" if kind == "resnets" else "1"
+                rest = _rename(rest, _RESNET_TO_LDM) if kind == "resnets" else rest
+                new = f"output_blocks.{n * block + layer}.{slot}.{rest}"
+        else:
+            raise ValueError(f"no original-layout name for UNet weight {key!r}")
+        out[f"model.diffusion_model.{new}"] = value
+    return out
+
+
+def _vae_to_ldm(vae) -> dict:
+    """A diffusers AutoencoderKL's weights under the original `first_stage_model.*` names (attention as 1x1 convs)."""
+    n_up = len(vae.config.up_block_types)
+    out = {}
+    for key, value in vae.state_dict().items():
+        new = key.replace("conv_norm_out", "norm_out")
+        parts = new.split(".")
+        if parts[1] == "down_blocks":  # encoder.down_blocks.B.{resnets.J|downsamplers.0}.X
+            sub = f"block.{parts[4]}" if parts[3] == "resnets" else "downsample"
+            new = ".".join(["encoder", "down", parts[2], sub, *parts[5:]])
+        elif parts[1] == "up_blocks":  # decoder.up_blocks.B -> decoder.up.(n-1-B): LDM counts from the bottom
+            sub = f"block.{parts[4]}" if parts[3] == "resnets" else "upsample"
+            new = ".".join(["decoder", "up", str(n_up - 1 - int(parts[2])), sub, *parts[5:]])
+        elif parts[1] == "mid_block" and parts[2] == "resnets":
+            new = ".".join([parts[0], "mid", f"block_{int(parts[3]) + 1}", *parts[4:]])
+        elif parts[1] == "mid_block":
+            new = ".".join([parts[0], "mid", "attn_1", _rename(".".join(parts[4:]) + ".", _VAE_ATTENTION_TO_LDM)[:-1]])
+            if value.ndim == 2:
+                value = value[:, :, None, None]
+        new = new.replace("conv_shortcut", "nin_shortcut")
+        out[f"first_stage_model.{new}"] = value
+    return out
+
+
+def save_single_file(pipe, path: str | os.PathLike) -> Path:
+    """Save an SD 1.x-layout inpainting pipeline (UNet, VAE, one CLIPTextModel) as ONE original-layout .safetensors.
+
+    The names are those of the original Stable Diffusion checkpoints (`model.diffusion_model.*`,
+    `first_stage_model.*`, `cond_stage_model.transformer.*`), which diffusers' `from_single_file` converts back.
+    Only the weights are in the file; tokenizer, scheduler and component configs come from a `config` folder.
+    """
+    from safetensors.torch import save_file
+
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ValueError("save_single_file writes SD 1.x-layout checkpoints (one CLIP text encoder), not SDXL")
+    tensors = {**_unet_to_ldm(pipe.unet), **_vae_to_ldm(pipe.vae)}
+    tensors.update({f"cond_stage_model.transformer.text_model.{k}": v for k, v in pipe.text_encoder.state_dict().items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def save_config_folder(pipe, folder: str | os.PathLike) -> Path:
+    """Save the pipeline's configs, tokenizer and scheduler without any weights: the `config` of a single file."""
+    folder = Path(folder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for weights in folder.rglob("*.safetensors"):
+        weights.unlink()
+    return folder

@@ -7,6 +7,7 @@ the generate folder, uploadable later with `comet upload <zip>`. Comet's error t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # the stage prints one upload hint, not one per cell
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _PENDING: list[Future] = []
@@ -21,7 +23,39 @@ _LOCK = threading.Lock()
 
 
 def is_online(offline_setting: bool) -> bool:
-    return bool(os.environ.get("COMET_API_KEY")) and not offline_setting
+    """Log online only with a key, unless told not to, and only while the server answers and accepts the key."""
+    return bool(os.environ.get("COMET_API_KEY")) and not offline_setting and server_accepts_key()
+
+
+@functools.lru_cache(maxsize=1)
+def server_accepts_key(timeout: float = 5.0) -> bool:
+    """Ask the Comet server once per process whether it is reachable and takes COMET_API_KEY.
+
+    On failure: one warning, and every cell of this process goes to an offline archive instead (uploadable later).
+    Without this check comet_ml retries each call for about 30 s and prints tracebacks.
+    """
+    import requests
+    from comet_ml.config import get_comet_url_override
+    from comet_ml.utils import get_root_url
+
+    root = get_root_url(get_comet_url_override(None))
+    try:
+        response = requests.get(
+            f"{root}/api/rest/v2/account-details",
+            headers={"Authorization": os.environ["COMET_API_KEY"]},
+            timeout=timeout,
+        )
+    except requests.RequestException as e:
+        log.warning("Comet server %s is unreachable (%s); logging to offline archives instead", root, type(e).__name__)
+        return False
+    if response.status_code in (401, 403):
+        log.warning("Comet server %s rejected COMET_API_KEY (HTTP %d); logging to offline archives instead",
+                    root, response.status_code)
+        return False
+    if not response.ok:
+        log.warning("Comet server %s answered HTTP %d; logging to offline archives instead", root, response.status_code)
+        return False
+    return True
 
 
 def log_cell(
@@ -37,7 +71,6 @@ def log_cell(
     assets: dict[str, str] | None = None,
 ) -> str:
     """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL."""
-    os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # stage prints one upload hint, not one per cell
     import comet_ml
 
     settings = dict(
@@ -59,7 +92,10 @@ def log_cell(
     )
     if online:
         experiment = comet_ml.Experiment(**settings)
-    else:
+        if not experiment.alive:  # the server stopped answering since the check: keep the log offline
+            log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
+            online = False
+    if not online:
         Path(offline_dir).mkdir(parents=True, exist_ok=True)
         experiment = comet_ml.OfflineExperiment(offline_directory=str(offline_dir), **settings)
     experiment.set_name(name)

@@ -1,0 +1,128 @@
+"""Faults and secrets: Comet down or refusing the key costs nothing, no key leaks, bad grids fail in a second."""
+
+import http.server
+import io
+import json
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import run, stage_env
+
+SENTINELS = {
+    "COMET_API_KEY": "SENTINEL-comet-4f1c9a",
+    "HF_TOKEN": "SENTINEL-hf-77d02e",
+    "MY_SERVICE_KEY": "SENTINEL-service-1b3b5c",
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def generate(tmp, prepared, model_cache, *args, env):
+    return run(["python", "stages/generate.py", "-m", *args, "hydra.sweeper.params.strength=1.0",
+                "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=''", "model.size=64",
+                f"paths.prepare={prepared}", f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store",
+                f"hydra.sweep.dir={tmp}/gen/hydra", f"model.cache_dir={model_cache}"], env=env, check=False)
+
+
+def everything_written(*roots: Path) -> bytes:
+    """Every byte under the roots, with zip archives (Comet's) unpacked so compressed text is searchable too."""
+    blob = io.BytesIO()
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                blob.write(data)
+                if zipfile.is_zipfile(path):
+                    with zipfile.ZipFile(path) as z:
+                        for name in z.namelist():
+                            blob.write(z.read(name))
+    return blob.getvalue()
+
+
+def test_unreachable_comet_falls_back_to_offline_and_no_secret_leaks(tmp_path, prepared, model_cache):
+    # A loopback port with nothing listening: the online path is taken (a key is set) and fails fast.
+    env = stage_env(COMET_URL_OVERRIDE=f"http://127.0.0.1:{free_port()}/clientlib/", **SENTINELS)
+    result = generate(tmp_path, prepared, model_cache, "guidance=5,9", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("is unreachable") == 1  # one warning, not one per cell
+    archives = list((tmp_path / "gen" / "comet").glob("*.zip"))
+    assert len(archives) == 2
+    records = [json.loads(p.read_text()) for p in (tmp_path / "gen" / "cells").glob("*/record.json")]
+    assert len(records) == 2 and all(r["status"] == "ok" and r["comet"].endswith(".zip") for r in records)
+    report = run(["python", "stages/report.py", f"paths.generate={tmp_path}/gen", f"paths.report={tmp_path}/rep",
+                  "tracking.comet=false"], env=env)
+
+    # Secrets: no sentinel in anything written (records, images, Hydra's saved configs and logs, Comet archives),
+    # nor in what the stages printed.
+    written = everything_written(tmp_path / "gen", tmp_path / "store", tmp_path / "rep")
+    printed = (result.stdout + result.stderr + report.stdout + report.stderr).encode()
+    assert (tmp_path / "gen" / "hydra" / "0" / ".hydra" / "config.yaml").is_file()  # Hydra's configs were searched
+    for name, secret in SENTINELS.items():
+        assert secret.encode() not in written, f"{name} leaked into the outputs"
+        assert secret.encode() not in printed, f"{name} leaked into the log"
+
+
+class _RefusingComet(http.server.BaseHTTPRequestHandler):
+    """A Comet stand-in on loopback that rejects every API key."""
+
+    seen: list[str] = []
+
+    def do_GET(self):
+        _RefusingComet.seen.append(self.path)
+        self.send_response(401)
+        self.end_headers()
+        self.wfile.write(b'{"msg": "Invalid apiKey"}')
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_rejected_key_warns_once_and_logs_offline(tmp_path, prepared, model_cache):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingComet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = stage_env(COMET_URL_OVERRIDE=f"http://127.0.0.1:{server.server_port}/clientlib/",
+                        COMET_API_KEY="not-a-valid-key")
+        result = generate(tmp_path, prepared, model_cache, "guidance=5", env=env)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("rejected COMET_API_KEY (HTTP 401)") == 1
+    assert _RefusingComet.seen == ["/api/rest/v2/account-details"]  # asked once, then nothing more went out
+    assert len(list((tmp_path / "gen" / "comet").glob("*.zip"))) == 1
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("strength=0.5,1.5", "error: strength must be in (0, 1], got strength=1.5"),
+        ("steps=1,4", "error: steps x strength must give at least one denoising step, got steps=1 strength=0.75"),
+        ("seed=[1,1]", "error: seed list has duplicates, got seed=[1, 1]"),
+        ("guidance=5,-3", "error: guidance must be >= 0, got guidance=-3"),
+    ],
+)
+def test_bad_grid_value_stops_the_sweep_before_any_cell(tmp_path, override, words):
+    result = run(["python", "stages/generate.py", "-m", override, "hydra.sweeper.params.strength='0.75,1.0'",
+                  f"paths.generate={tmp_path}/gen", f"paths.cell_store={tmp_path}/store",
+                  f"hydra.sweep.dir={tmp_path}/gen/hydra"], check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == words
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store").exists()  # nothing ran
