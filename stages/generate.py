@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from inpaint_sweep import cli, sweep, tracking
 from inpaint_sweep.cells import RECORD, load_prepared, run_cell
 from inpaint_sweep.config import check_config
-from inpaint_sweep.model import load_model
+from inpaint_sweep.model import load_model, set_scheduler
 
 log = logging.getLogger("generate")
 # One id for every job this process runs, so Comet can group a sweep's experiments (override with INPAINT_SWEEP_ID).
@@ -32,7 +32,12 @@ def main(cfg: DictConfig) -> None:
     check_config(cfg)
     cases = load_prepared(cfg.paths.prepare)
     m = cfg.model
-    model = load_model(m.source, m.id, m.revision, m.variant, m.dtype, m.device, m.seed, m.cache_dir)
+    model = load_model(
+        m.source, m.id, m.revision, m.variant, m.dtype, m.device, m.seed, m.cache_dir, config=m.config,
+        pipeline=m.pipeline, vae_upcast=m.vae_upcast, attention=m.attention, channels_last=m.channels_last,
+        compile_unet=m.compile_unet, offload=m.offload, vae_tiling=m.vae_tiling, vae_slicing=m.vae_slicing,
+    )  # cached per process by these arguments: a scheduler sweep loads once
+    set_scheduler(model, m.scheduler)  # this job's scheduler, on the shared pipeline
     settings = {
         "steps": cfg.steps,
         "guidance": cfg.guidance,
@@ -41,6 +46,8 @@ def main(cfg: DictConfig) -> None:
         "seed": cfg.seed if isinstance(cfg.seed, int) else list(cfg.seed),
         "size": m.size,
         "model_name": m.name,
+        "scheduler": m.scheduler,
+        "padding_mask_crop": m.padding_mask_crop,
     }
     out = Path(cfg.paths.generate)
     OUTPUT_DIRS.add(out)
@@ -70,7 +77,7 @@ if __name__ == "__main__":
         tracking.flush()
         sweep.finish()
     failed = []
-    for out in OUTPUT_DIRS:
+    for out in OUTPUT_DIRS | sweep.LAUNCHER["views"]:  # views: cells that joblib/submitit workers wrote
         if any((out / "comet").glob("*.zip")):
             print(f"Comet: offline archives in {out}/comet/; upload them with: comet upload {out}/comet/*.zip")
         failed += _failed_cells(out)

@@ -25,7 +25,8 @@ def test_default_config_composes_and_validates():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_model_preset_composes(preset):
-    overrides = [f"model={preset}"] + (["model.id=/some/folder"] if preset == "local" else [])
+    required_id = {"local": "/some/folder", "single_file": "/some/model.safetensors"}  # presets with id: ???
+    overrides = [f"model={preset}"] + ([f"model.id={required_id[preset]}"] if preset in required_id else [])
     cfg = load_config(overrides)
     check_config(cfg)
     assert cfg.model.name == preset

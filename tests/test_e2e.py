@@ -2,33 +2,17 @@
 
 import json
 import re
-import shutil
-import subprocess
 
 import pandas as pd
 import pytest
 
 from inpaint_sweep.assets import copy_sample_photos
-from inpaint_sweep.config import REPO_ROOT
 
-from conftest import run, stage_env
+from conftest import clone_of_working_tree, run, stage_env
 
 pytestmark = pytest.mark.slow
 
 SHRUNK_GRID = {"guidance": "5,9", "strength": "1.0", "steps": "2", "negative_prompt": "\"''\""}
-
-
-def clone_of_working_tree(dest):
-    """What `git clone` of this commit gives, plus uncommitted edits: every tracked or unignored file."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO_ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
 
 
 def test_dvc_repro_end_to_end(tmp_path):

@@ -124,6 +124,9 @@ def run_cell(
         "model_id": model.model_id,
         "model_revision": model.revision,
         "dtype": model.dtype,
+        "model_settings": model.settings,  # device, attention, memory format, VAE precision/tiling, offload, compile
+        "scheduler": settings.get("scheduler"),
+        "padding_mask_crop": settings.get("padding_mask_crop"),
         "working_size": [width, height],
         **{k: settings[k] for k in AXES if k != "seed"},
         "seeds": seeds,
@@ -151,6 +154,10 @@ def run_cell(
         "model_revision": model.revision,
         "device": model.device,
         "dtype": model.dtype,
+        "scheduler": settings.get("scheduler"),  # null = the checkpoint's own: scheduler_class says which
+        "scheduler_class": type(model.pipe.scheduler).__name__,
+        "padding_mask_crop": settings.get("padding_mask_crop"),
+        "model_settings": model.settings,
         "working_size": [width, height],
         "mask_method": case["method"],
         "code_version": code_version(),
@@ -177,9 +184,10 @@ def run_cell(
             seeds,
             settings["size"],
             model.device,
+            padding_mask_crop=settings.get("padding_mask_crop"),
         )
         for seed, (result, metrics) in zip(seeds, results):
-            save_image(result, stored / f"seed-{seed}.png")
+            save_image(result, stored / f"seed-{seed}.png", compress_level=1)  # on the generation path: fast
             record["images"].append({"seed": seed, "path": str(stored / f"seed-{seed}.png"), "metrics": metrics})
     except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
@@ -200,6 +208,7 @@ def comet_params(record: dict) -> dict:
     """The cell's Comet parameters: the config's own key names, plus what identifies the cell."""
     params = {k: record[k] for k in ("case", "prompt", *AXES)}
     params.update({k: record[k] for k in ("model", "model_id", "model_revision", "mask_method", "cell_id", "code_version")})
+    params.update({f"model.{k}": record.get(k) for k in ("scheduler", "padding_mask_crop")})  # config key names
     return params
 
 

@@ -26,16 +26,29 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    source: str = MISSING  # tiny | pretrained | single_file
-    id: Optional[str] = None
-    revision: Optional[str] = None
-    variant: Optional[str] = None
-    size: int = 512
-    dtype: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    cache_dir: str = ".cache/models"
+    """A model preset (conf/model/<name>.yaml). The defaults are what a user with one CUDA GPU would choose."""
+
+    name: str = MISSING  # the preset's name: in every cell record and the Comet tag model:<name>
+    source: str = MISSING  # tiny (built in) | pretrained (hub id or local folder) | single_file (one .safetensors)
+    id: Optional[str] = None  # hub id, local diffusers folder, or (single_file) the .safetensors path
+    revision: Optional[str] = None  # hub branch, tag or commit; recorded in every cell record
+    variant: Optional[str] = None  # weights file variant, e.g. fp16 (half the download); null = the full weights
+    config: Optional[str] = None  # single_file: local diffusers folder with the component configs (offline); null = hub
+    pipeline: str = "sd"  # single_file: sd (StableDiffusionInpaintPipeline) | sdxl (StableDiffusionXLInpaintPipeline)
+    size: int = 512  # longer image side fed to the model (multiple of 8): the checkpoint's training resolution
+    scheduler: Optional[str] = None  # null = the checkpoint's own | ddim | pndm | euler | euler_a | dpmpp_2m | unipc
+    padding_mask_crop: Optional[int] = None  # inpaint a crop around the mask (+ this many photo pixels) at full size
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (float16 on cuda, else float32) | float32 | float16 | bfloat16
+    vae_upcast: Optional[bool] = None  # SDXL VAE in float32 for encode/decode (it overflows in fp16); null = checkpoint's
+    attention: str = "sdpa"  # sdpa (PyTorch scaled_dot_product_attention, AttnProcessor2_0) | eager (plain matmuls)
+    channels_last: bool = True  # UNet and VAE in channels_last memory format (faster convolutions on GPUs)
+    compile_unet: bool = False  # torch.compile the UNet: faster steps after a first call that compiles (minutes)
+    offload: str = "none"  # none | model (whole models to the GPU in turn) | sequential (layer by layer; slowest)
+    vae_tiling: bool = False  # decode in overlapping tiles: big images on small GPUs (seams possible)
+    vae_slicing: bool = False  # decode a batch one image at a time: less peak memory for several seeds per call
+    seed: int = 0  # tiny: seed of the random weights
+    cache_dir: str = ".cache/models"  # tiny: where the built checkpoint is saved
 
 
 @dataclass
@@ -117,8 +130,46 @@ def check_config(cfg: Any) -> None:
     if cfg.guidance < 0:
         raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance}")
     check_mask_config(cfg.mask)
-    if cfg.model.size % 8 or cfg.model.size < 64:
-        raise ConfigError(f"model.size must be a multiple of 8 and >= 64, got model.size={cfg.model.size}")
+    check_model_config(cfg.model)
+
+
+MODEL_SOURCES = ("tiny", "pretrained", "single_file")
+SCHEDULERS = ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc")  # lms needs scipy, which is not installed
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTENTION = ("sdpa", "eager")
+OFFLOAD = ("none", "model", "sequential")
+SINGLE_FILE_PIPELINES = ("sd", "sdxl")
+
+
+def check_model_config(model: Any) -> None:
+    """Raise ConfigError naming the first bad model.* value (generate's model settings)."""
+
+    def choose(key, allowed):
+        if model[key] not in allowed:
+            shown = ", ".join("null" if a is None else a for a in allowed)
+            raise ConfigError(f"unknown model.{key}={model[key]!r}; choose one of {shown}")
+
+    choose("source", MODEL_SOURCES)
+    if model.size % 8 or model.size < 64:
+        raise ConfigError(f"model.size must be a multiple of 8 and >= 64, got model.size={model.size}")
+    choose("scheduler", (None, *SCHEDULERS))
+    choose("dtype", DTYPES)
+    choose("attention", ATTENTION)
+    choose("offload", OFFLOAD)
+    choose("pipeline", SINGLE_FILE_PIPELINES)
+    device = str(model.device)
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"unknown model.device={device!r}; choose auto, cpu, cuda, cuda:N or mps")
+    if model.offload != "none" and device in ("cpu", "mps"):
+        raise ConfigError(f"model.offload={model.offload} moves models to a CUDA GPU in turn, got model.device={device}")
+    if model.padding_mask_crop is not None and model.padding_mask_crop < 0:
+        raise ConfigError(
+            f"model.padding_mask_crop must be null or >= 0 pixels, got model.padding_mask_crop={model.padding_mask_crop}"
+        )
+    if model.source in ("pretrained", "single_file") and not model.id:
+        raise ConfigError(f"model.id is required for model.source={model.source}: a hub id, a folder or a file")
+    if model.source == "single_file" and not str(model.id).endswith(".safetensors"):
+        raise ConfigError(f"model.source=single_file loads a .safetensors file, got model.id={model.id!r}")
 
 
 def check_mask_config(mask: Any) -> None:

@@ -30,9 +30,12 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> None:
-    """Write a PNG via a temporary file and a rename, so a crash never leaves half an image."""
-    _atomic(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+def save_image(image: Image.Image, path: str | os.PathLike, compress_level: int = 6) -> None:
+    """Write a PNG via a temporary file and a rename, so a crash never leaves half an image.
+
+    compress_level 1 writes several times faster than the default 6 for a slightly larger (still lossless) file.
+    """
+    _atomic(Path(path), lambda tmp: image.save(tmp, format="PNG", compress_level=compress_level))
 
 
 def write_json(data, path: str | os.PathLike) -> None:

@@ -23,10 +23,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
-def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray) -> Image.Image:
-    """Generated pixels inside the mask, the original's pixels (bit for bit) everywhere else."""
-    gen = np.asarray(generated.convert("RGB").resize(original.size, Image.Resampling.LANCZOS))
-    out = np.where(mask[:, :, None], gen, np.asarray(original.convert("RGB")))
+def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray, box=None) -> Image.Image:
+    """Generated pixels inside the mask, the original's pixels (bit for bit) everywhere else.
+
+    `box` (x1, y1, x2, y2) is the region of the photo `generated` shows (default: all of it); it must hold the mask.
+    """
+    x1, y1, x2, y2 = box or (0, 0, *original.size)
+    canvas = original.convert("RGB")
+    canvas.paste(generated.convert("RGB").resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+    out = np.where(mask[:, :, None], np.asarray(canvas), np.asarray(original.convert("RGB")))
     return Image.fromarray(out)
 
 
@@ -68,6 +73,7 @@ def inpaint(
     seeds: int | list[int],
     size: int,
     device: str = "cpu",
+    padding_mask_crop: int | None = None,
 ) -> list[tuple[Image.Image, dict]]:
     """Inpaint `mask` (bool, photo size) of `image` once per seed, in one batched pipeline call.
 
@@ -77,10 +83,19 @@ def inpaint(
 
     seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
 
-    # 1. Resize photo and mask to the model's working size (multiples of 8).
+    # 1. Resize photo and mask to the model's working size (multiples of 8). With padding_mask_crop, only the box
+    #    diffusers' padding_mask_crop would pick (the mask's bounds grown by that many photo pixels, then to the working
+    #    aspect) is resized, from the full-size photo: a small mask on a big photo gets the model's full resolution.
+    #    Cropping here rather than in the pipeline keeps the batched call (diffusers crops one PIL image only).
     width, height = working_size(image.size, size)
-    small = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-    small_mask = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+    full_mask = Image.fromarray(mask.astype(np.uint8) * 255)
+    box = (0, 0, *image.size)
+    if padding_mask_crop is not None and mask.any():
+        from diffusers.image_processor import VaeImageProcessor
+
+        box = VaeImageProcessor.get_crop_region(full_mask, width, height, pad=padding_mask_crop)
+    small = image.convert("RGB").crop(box).resize((width, height), Image.Resampling.LANCZOS)
+    small_mask = full_mask.crop(box).resize((width, height), Image.Resampling.NEAREST)
 
     # 2. Denoise all seeds in one call, one generator per image, so any image reproduces alone from its seed.
     generator_device = "cpu" if device == "mps" else device
@@ -121,5 +136,5 @@ def inpaint(
         }
         # 4. Paste the generated region back onto the full-size photo.
         generated = Image.fromarray((np.clip(raw, 0, 1) * 255).round().astype(np.uint8))
-        results.append((composite(image, generated, mask), metrics))
+        results.append((composite(image, generated, mask, box), metrics))
     return results

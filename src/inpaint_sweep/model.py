@@ -1,10 +1,17 @@
-"""Load an inpainting pipeline once per process: the built-in tiny model or a diffusers checkpoint."""
+"""Load an inpainting pipeline once per process (the built-in tiny model or a real checkpoint) and set its scheduler.
+
+Every checkpoint goes through one call, `AutoPipelineForInpainting.from_pretrained(..., use_safetensors=True)`, which
+picks StableDiffusionInpaintPipeline or StableDiffusionXLInpaintPipeline from the checkpoint's model_index.json. A
+single .safetensors file has no model_index.json, so `model.pipeline` (sd | sdxl) names the class whose
+`from_single_file` reads it.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError
@@ -12,6 +19,17 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 LOAD_COUNT = 0  # pipelines built in this process; tests assert a whole multirun loads exactly one
 _CACHE: dict[tuple, "LoadedModel"] = {}
+
+# model.scheduler -> (diffusers class, settings over the checkpoint's scheduler config)
+SCHEDULER_CLASSES = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+SINGLE_FILE_CLASSES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline"}
 
 
 @dataclass
@@ -21,6 +39,8 @@ class LoadedModel:
     revision: str
     device: str
     dtype: str
+    settings: dict = field(default_factory=dict)  # load settings that can change pixels: part of every cell's identity
+    default_scheduler: object = None  # the checkpoint's own scheduler, restored by set_scheduler(model, None)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -39,24 +59,88 @@ def pick_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":
-        dtype = "float16" if device == "cuda" else "float32"
+        dtype = "float16" if device.startswith("cuda") else "float32"
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"model.dtype must be auto, float32, float16 or bfloat16, got model.dtype={dtype!r}")
     return getattr(torch, dtype)
 
 
-def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype):
-    from diffusers import AutoPipelineForInpainting
+def _quiet() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()  # the sweep has its own progress bar
     transformers_logging.disable_progress_bar()
 
+
+def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype):
+    from diffusers import AutoPipelineForInpainting
+
+    _quiet()
     # safetensors only: a pickle checkpoint can run arbitrary code when loaded.
     return AutoPipelineForInpainting.from_pretrained(
         path_or_id, revision=revision, variant=variant, dtype=torch_dtype, use_safetensors=True
     )
+
+
+def _from_single_file(path: str, config: str | None, pipeline: str, torch_dtype):
+    import diffusers
+
+    _quiet()
+    if not Path(path).is_file():
+        raise ConfigError(f"model.id={path!r} is not a file; model.source=single_file needs a local .safetensors file")
+    cls = getattr(diffusers, SINGLE_FILE_CLASSES[pipeline])
+    try:
+        return cls.from_single_file(path, config=config, dtype=torch_dtype, local_files_only=config is not None)
+    except (OSError, ValueError) as e:
+        if config is None:
+            raise ConfigError(
+                f"model.id={path!r} needs its component configs and model.config=null asks the hub for them "
+                f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}); set model.config to a local diffusers folder "
+                f"of the same architecture: {' '.join(str(e).split())[:300]}"
+            ) from None
+        raise ConfigError(
+            f"model.id={path!r} did not load as a {cls.__name__} with model.config={config!r}: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
+
+
+def _apply_settings(pipe, device: str, vae_upcast, attention, channels_last, compile_unet, offload, vae_tiling,
+                    vae_slicing) -> None:
+    """Apply the device and speed/memory settings to a freshly loaded pipeline, in the order they must happen."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    # 1. VAE precision. SDXL pipelines read force_upcast to encode/decode in float32; SD 1.x/2 pipelines have no upcast.
+    if vae_upcast is not None:
+        if "force_upcast" not in pipe.vae.config or not hasattr(pipe, "text_encoder_2"):
+            raise ConfigError(
+                f"model.vae_upcast={vae_upcast} needs an SDXL pipeline (diffusers upcasts only its VAE), "
+                f"got {type(pipe).__name__}"
+            )
+        pipe.vae.register_to_config(force_upcast=bool(vae_upcast))
+    # 2. Attention: diffusers already defaults to AttnProcessor2_0 (PyTorch SDPA); set it explicitly either way.
+    processor = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
+    for module in (pipe.unet, pipe.vae):
+        module.set_attn_processor(processor())
+    # 3. Memory format, before placement: moving a module to a device keeps its tensors' layout.
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    # 4. Placement: all on the device, or CPU offload (accelerate hooks move each model to the GPU when it runs).
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    # 5. VAE memory savers, then compile (last: it wraps the UNet as it is now).
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
 
 
 def load_model(
@@ -68,16 +152,35 @@ def load_model(
     device: str = "auto",
     seed: int = 0,
     cache_dir: str = ".cache/models",
+    config: str | None = None,
+    pipeline: str = "sd",
+    vae_upcast: bool | None = None,
+    attention: str = "sdpa",
+    channels_last: bool = True,
+    compile_unet: bool = False,
+    offload: str = "none",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
 ) -> LoadedModel:
-    """Build the pipeline, or return the one this process already built with the same arguments."""
+    """Build the pipeline, or return the one this process already built with the same arguments.
+
+    The scheduler is not a load argument: set_scheduler swaps it on the loaded pipeline, so a scheduler sweep
+    loads the checkpoint once.
+    """
     global LOAD_COUNT
-    key = (source, id, revision, variant, dtype, device, seed, str(cache_dir))
+    key = (source, id, revision, variant, dtype, device, seed, str(cache_dir), config, pipeline, vae_upcast, attention,
+           channels_last, compile_unet, offload, vae_tiling, vae_slicing)
     if key in _CACHE:
         return _CACHE[key]
 
+    # 1. Device and dtype; offload needs a CUDA device to move models to.
     start = time.perf_counter()
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
+    if offload != "none" and not device.startswith("cuda"):
+        raise ConfigError(f"model.offload={offload} moves models to a CUDA GPU in turn, got model.device={device}")
+
+    # 2. Load the weights.
     if source == "tiny":
         from .tiny_model import TINY_MODEL_VERSION, ensure_tiny_checkpoint
 
@@ -94,17 +197,49 @@ def load_model(
                 raise ConfigError(f"model.id={id!r} is not a loadable diffusers inpainting folder: {e}") from None
             raise ConfigError(
                 f"model.id={id!r} is not available offline (no local copy; HF_HUB_OFFLINE="
-                f"{__import__('os').environ.get('HF_HUB_OFFLINE')}); point model=local model.id=/path/to/folder "
+                f"{os.environ.get('HF_HUB_OFFLINE')}); point model=local model.id=/path/to/folder "
                 "at a downloaded checkpoint, or set HF_HUB_OFFLINE=0 with a hub connection to download it"
             ) from None
         model_id, revision = id, revision or "local"
+    elif source == "single_file":
+        if not id:
+            raise ConfigError("model.id is required for a single file: the path of a .safetensors file")
+        pipe = _from_single_file(id, config, pipeline, torch_dtype)
+        model_id, revision = id, revision or Path(id).name
     else:
-        raise ConfigError(f"unknown model.source={source!r}; choose tiny or pretrained")
+        raise ConfigError(f"unknown model.source={source!r}; choose tiny, pretrained or single_file")
 
-    pipe = pipe.to(device)
+    # 3. Device, precision, attention, memory format and memory savers.
+    _apply_settings(pipe, device, vae_upcast, attention, channels_last, compile_unet, offload, vae_tiling, vae_slicing)
     pipe.set_progress_bar_config(disable=True)  # the sweep has its own progress line
     LOAD_COUNT += 1
     log.info("loaded model %s@%s on %s (%s) in %.1fs", model_id, revision, device, torch_dtype, time.perf_counter() - start)
-    loaded = LoadedModel(pipe, model_id, revision, device, str(torch_dtype).removeprefix("torch."))
+    settings = {
+        "device": device,
+        "vae_upcast": bool(getattr(pipe.vae.config, "force_upcast", False)) if hasattr(pipe, "text_encoder_2") else None,
+        "attention": attention,
+        "channels_last": channels_last,
+        "compile_unet": compile_unet,
+        "offload": offload,
+        "vae_tiling": vae_tiling,
+        "vae_slicing": vae_slicing,
+    }
+    loaded = LoadedModel(pipe, model_id, revision, device, str(torch_dtype).removeprefix("torch."), settings, pipe.scheduler)
     _CACHE[key] = loaded
     return loaded
+
+
+def set_scheduler(model: LoadedModel, name: str | None) -> str:
+    """Give the loaded pipeline the scheduler `name` (null = the checkpoint's own), built from the checkpoint's
+    scheduler config; returns the scheduler's class name. Swapping it never reloads the model."""
+    import diffusers
+
+    if name is None:
+        model.pipe.scheduler = model.default_scheduler
+    else:
+        if name not in SCHEDULER_CLASSES:
+            raise ConfigError(f"unknown model.scheduler={name!r}; choose null or one of {', '.join(SCHEDULER_CLASSES)}")
+        class_name, overrides = SCHEDULER_CLASSES[name]
+        cls = getattr(diffusers, class_name)
+        model.pipe.scheduler = cls.from_config(model.default_scheduler.config, **overrides)
+    return type(model.pipe.scheduler).__name__

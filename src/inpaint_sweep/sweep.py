@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,11 @@ from .config import check_config
 
 COUNTS = {"done": 0, "skipped": 0, "failed": 0}
 STATE = {"total": None, "start": None, "bar": None}
+# The process that started the run and the view folders it emptied. Launchers such as joblib and submitit run the jobs
+# in other processes: each such job writes its counts to WORKER_COUNTS in its Hydra job folder for the launching
+# process to add up, and generate.py reads failed cells from the views on disk.
+LAUNCHER = {"pid": None, "views": set()}
+WORKER_COUNTS = "sweep_counts.json"
 
 
 def grid_values(sweeper_params: dict, task_overrides: list[str]) -> dict[str, list]:
@@ -77,6 +83,22 @@ def advance(status: str) -> None:
         bar.update(1)
 
 
+def claim(generate_dir: str | Path) -> None:
+    LAUNCHER["pid"] = os.getpid()
+    LAUNCHER["views"].add(Path(generate_dir))
+
+
+def add_worker_counts(sweep_dir: str | Path) -> None:
+    """Add up the counts of jobs that ran in other processes, and move the bar by as many cells."""
+    for path in sorted(Path(sweep_dir).glob(f"**/{WORKER_COUNTS}")):
+        for status, n in json.loads(path.read_text()).items():
+            COUNTS[status] += n
+            if STATE["bar"] is not None:
+                STATE["bar"].update(n)
+    if STATE["bar"] is not None:
+        STATE["bar"].set_postfix(COUNTS, refresh=False)
+
+
 def finish() -> None:
     if STATE["bar"] is not None:
         STATE["bar"].close()
@@ -86,11 +108,15 @@ def finish() -> None:
 class SweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         reset_view(config.paths.generate)  # a single run: one cell per case, no progress bar needed
+        claim(config.paths.generate)
 
     @one_line_errors  # hydra swallows callback exceptions; a bad grid must stop the sweep with one line
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         check_grid(config, grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task))
         reset_view(config.paths.generate)
+        claim(config.paths.generate)
+        for stale in Path(config.hydra.sweep.dir).glob(f"**/{WORKER_COUNTS}"):
+            stale.unlink()
         cases_file = Path(config.paths.prepare) / "cases.json"
         cases = len(json.loads(cases_file.read_text())) if cases_file.is_file() else 1
         start(grid_size(config.hydra.sweeper.params or {}, config.hydra.overrides.task) * cases)
@@ -98,5 +124,16 @@ class SweepCallback(Callback):
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         finish()
 
+    def on_job_end(self, config: DictConfig, **kwargs) -> None:
+        if LAUNCHER["pid"] == os.getpid():
+            return  # the basic launcher: this process counts its cells and flushes Comet at exit
+        from . import tracking
+        from .images import write_json
+
+        tracking.flush()  # a worker process may be ended as soon as its last job returns
+        write_json(COUNTS, Path(config.hydra.runtime.output_dir) / WORKER_COUNTS)
+        COUNTS.update(done=0, skipped=0, failed=0)  # a joblib worker runs several jobs
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        add_worker_counts(config.hydra.sweep.dir)
         finish()

@@ -114,11 +114,13 @@ def log_cell(
 
 
 def submit(fn, *args, **kwargs) -> Future:
-    """Run fn in the single background logging thread (in submission order)."""
+    """Run fn in a background logging thread, off the generation path."""
     global _EXECUTOR
     with _LOCK:
         if _EXECUTOR is None:
-            _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comet-log")
+            # Several at once: most of an offline experiment's ~1.4 s is Comet waiting on its own writer thread,
+            # so parallel experiments overlap those waits (measured: 4 in 1.1 s instead of 5.5 s).
+            _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="comet-log")
         future = _EXECUTOR.submit(fn, *args, **kwargs)
         _PENDING.append(future)
     return future
