@@ -28,5 +28,12 @@ test: data
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 	$(PY) -m pytest
 
+# Benchmarks (not part of the tests): each prints one measured ratio; BENCHMARKS.md records the figures.
+bench: data
+	$(PY) bench/sweep_overhead.py
+	dvc repro && $(PY) bench/noop_repro.py
+	$(PY) bench/prepare_speed.py
+	$(PY) bench/gpu_throughput.py --arch tiny --size 64 --steps 2   # CPU smoke run; on a GPU: no flags
+
 clean:
 	rm -rf results .cache

@@ -126,3 +126,34 @@ def test_bad_grid_value_stops_the_sweep_before_any_cell(tmp_path, override, word
     assert result.stderr.strip().splitlines()[-1] == words
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "store").exists()  # nothing ran
+
+
+# Property tests of the config validator: it accepts exactly the settings diffusers can run.
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from inpaint_sweep.config import ConfigError, check_config, load_config  # noqa: E402
+
+BASE = load_config()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.integers(-3, 60),
+    strength=st.floats(-0.5, 1.5, allow_nan=False),
+    guidance=st.floats(-5, 30, allow_nan=False),
+    seed=st.one_of(st.integers(-5, 2**31), st.lists(st.integers(-2, 50), min_size=0, max_size=5)),
+)
+def test_config_validator_accepts_exactly_the_runnable_settings(steps, strength, guidance, seed):
+    cfg = BASE.copy()
+    cfg.steps, cfg.strength, cfg.guidance, cfg.seed = steps, strength, guidance, seed
+    seeds = seed if isinstance(seed, list) else [seed]
+    runnable = (steps >= 1 and 0 < strength <= 1 and int(steps * strength) >= 1 and guidance >= 0
+                and len(seeds) > 0 and all(s >= 0 for s in seeds) and len(set(seeds)) == len(seeds))
+    try:
+        check_config(cfg)
+        accepted = True
+    except ConfigError as e:
+        accepted = False
+        assert str(e).count("\n") == 0 and "=" in str(e)  # one line naming the key and its value
+    assert accepted == runnable

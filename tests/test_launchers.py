@@ -89,6 +89,7 @@ def test_slurm_preset_submits_one_array_job_with_one_gpu_per_task(tmp_path, prep
                       "guidance=5,7.5,9", *FIXED_GRID, "tracking.comet=false", check=False, env=env)
     assert result.returncode != 0
     script = (tmp_path / "submitted.sh").read_text()
-    for line in ("#SBATCH --array=0-2%16", "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1",
+    # The 3 grid points are one array job (at once: the preset's array_parallelism, 16, capped at the job count).
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1",
                  "#SBATCH --cpus-per-task=4", "#SBATCH --time=60", "#SBATCH --partition=gpu"):
         assert line in script, script

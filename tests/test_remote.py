@@ -1,0 +1,80 @@
+"""Shared results through a DVC remote on S3: `dvc push` from one clone, `dvc pull` into a fresh clone of the same
+commit, and `dvc repro` there runs nothing. The S3 server is moto's, on 127.0.0.1; nothing leaves this machine."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from inpaint_sweep.assets import copy_sample_photos
+
+from conftest import clone_of_working_tree, run, stage_env
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "inpaint-results"
+# Fake credentials, a region, and no AWS config files or instance metadata: botocore never looks beyond the endpoint.
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+       "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+ONE_CELL = {"guidance": "5", "strength": "1.0", "steps": "2", "negative_prompt": "\"''\""}
+COMMIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+
+
+@pytest.fixture
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def results(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted((repo / "results").rglob("*")) if p.is_file()}
+
+
+def test_results_pushed_to_s3_are_pulled_into_a_fresh_clone_and_nothing_reruns(tmp_path, s3_endpoint):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=BUCKET)
+
+    # 1. One clone runs the pipeline on a one-cell grid, adds the remote as the README says, pushes, commits.
+    first = tmp_path / "first"
+    first.mkdir()
+    clone_of_working_tree(first)
+    (first / "dvc.lock").unlink(missing_ok=True)
+    copy_sample_photos(first / "data" / "images")
+    params = (first / "params.yaml").read_text()
+    for axis, value in ONE_CELL.items():
+        params, n = re.subn(rf"(\n {{6}}{axis}: )[^\n]*", rf"\g<1>{value}", params)
+        assert n == 1, axis
+    (first / "params.yaml").write_text(params)
+    env = stage_env(PYTHONPATH=str(first / "src"), **AWS)
+    ran = run(["dvc", "repro"], cwd=first, env=env, timeout=600)
+    assert ran.stdout.count("Running stage") == 3
+    run(["dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/inpaint-sweep"], cwd=first, env=env)
+    run(["dvc", "remote", "modify", "shared", "endpointurl", s3_endpoint], cwd=first, env=env)
+    pushed = run(["dvc", "push"], cwd=first, env=env)
+    n_pushed = int(re.search(r"(\d+) files? pushed", pushed.stdout).group(1))
+    stored = s3.list_objects_v2(Bucket=BUCKET, Prefix="inpaint-sweep/")["KeyCount"]
+    assert n_pushed > 10 and stored == n_pushed, pushed.stdout
+    run(["git", "add", "-A"], cwd=first)
+    run([*COMMIT, "ran and pushed"], cwd=first)
+
+    # 2. A fresh clone of that commit (sample photos copied as `make data` does) pulls the results instead.
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(first), str(second)], cwd=tmp_path)
+    copy_sample_photos(second / "data" / "images")
+    env = stage_env(PYTHONPATH=str(second / "src"), **AWS)
+    run(["dvc", "pull"], cwd=second, env=env)
+    assert results(second) == results(first)
+
+    # 3. Everything is up to date: nothing runs.
+    repro = run(["dvc", "repro"], cwd=second, env=env)
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert repro.stdout.count("didn't change, skipping") == 3, repro.stdout
