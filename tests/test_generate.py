@@ -43,7 +43,7 @@ def test_working_size_keeps_aspect_in_multiples_of_8():
 
 def test_pixels_outside_the_mask_equal_the_input(tiny_model, photo):
     mask = box_mask(photo.size, (30, 20, 70, 60))
-    out, metrics = inpaint(tiny_model.pipe, photo, mask, seed=0, device="cpu", **SETTINGS)
+    (out, metrics), = inpaint(tiny_model.pipe, photo, mask, seeds=0, device="cpu", **SETTINGS)
     src, res = np.asarray(photo), np.asarray(out)
     assert res.shape == src.shape
     assert (res[~mask] == src[~mask]).all()
@@ -53,11 +53,11 @@ def test_pixels_outside_the_mask_equal_the_input(tiny_model, photo):
 
 def test_same_seed_same_pixels_other_seed_other_pixels(tiny_model, photo):
     mask = box_mask(photo.size, (30, 20, 70, 60))
-    a = np.asarray(inpaint(tiny_model.pipe, photo, mask, seed=3, device="cpu", **SETTINGS)[0])
+    a = np.asarray(inpaint(tiny_model.pipe, photo, mask, seeds=3, device="cpu", **SETTINGS)[0][0])
     # Run another cell in between: generators are per cell, so nothing leaks from one cell to the next.
-    inpaint(tiny_model.pipe, photo, mask, seed=4, device="cpu", **SETTINGS)
-    b = np.asarray(inpaint(tiny_model.pipe, photo, mask, seed=3, device="cpu", **SETTINGS)[0])
-    c = np.asarray(inpaint(tiny_model.pipe, photo, mask, seed=4, device="cpu", **SETTINGS)[0])
+    inpaint(tiny_model.pipe, photo, mask, seeds=4, device="cpu", **SETTINGS)
+    b = np.asarray(inpaint(tiny_model.pipe, photo, mask, seeds=3, device="cpu", **SETTINGS)[0][0])
+    c = np.asarray(inpaint(tiny_model.pipe, photo, mask, seeds=4, device="cpu", **SETTINGS)[0][0])
     assert (a == b).all() and (a != c).any()
 
 
@@ -73,7 +73,7 @@ def test_local_folder_preset_loads_a_saved_pipeline(tmp_path, photo):
     build_tiny_pipeline(5).save_pretrained(tmp_path / "ckpt", safe_serialization=True)
     model = load_model("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path))
     assert model.model_id == str(tmp_path / "ckpt") and type(model.pipe).__name__ == "StableDiffusionInpaintPipeline"
-    out, _ = inpaint(model.pipe, photo, box_mask(photo.size, (0, 0, 50, 50)), seed=0, device="cpu", **SETTINGS)
+    (out, _), = inpaint(model.pipe, photo, box_mask(photo.size, (0, 0, 50, 50)), seeds=0, device="cpu", **SETTINGS)
     assert out.size == photo.size
 
 
@@ -103,7 +103,7 @@ def sweep(tmp_path, prepared, model_cache, *args, env=None):
     gen = tmp_path / "gen"
     cmd = ["python", "stages/generate.py", "-m", *args,
            "hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=cartoon",
-           f"paths.prepare={prepared}", f"paths.generate={gen}", f"hydra.sweep.dir={gen}/hydra",
+           f"paths.prepare={prepared}", f"paths.generate={gen}", f"hydra.sweep.dir={gen}/hydra", f"paths.cell_store={tmp_path}/store",
            f"model.cache_dir={model_cache}", "model.size=64"]
     return run(cmd, env=env), gen
 

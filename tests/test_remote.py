@@ -1,7 +1,6 @@
 """Shared results through a DVC remote on S3: `dvc push` from one clone, `dvc pull` into a fresh clone of the same
 commit, and `dvc repro` there runs nothing. The S3 server is moto's, on 127.0.0.1; nothing leaves this machine."""
 
-import os
 import re
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from conftest import clone_of_working_tree, run, stage_env
 pytestmark = pytest.mark.slow
 
 BUCKET = "inpaint-results"
-# Fake credentials, a region, and no AWS config files or instance metadata: botocore never looks beyond the endpoint.
+# Fake credentials and a region, no instance metadata: botocore never looks beyond the endpoint.
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-       "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+       "AWS_EC2_METADATA_DISABLED": "true"}
 ONE_CELL = {"guidance": "5", "strength": "1.0", "steps": "2", "negative_prompt": "\"''\""}
 COMMIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
 
@@ -42,6 +41,8 @@ def test_results_pushed_to_s3_are_pulled_into_a_fresh_clone_and_nothing_reruns(t
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     s3.create_bucket(Bucket=BUCKET)
+    (tmp_path / "aws").write_text("")  # an empty AWS config: nothing from ~/.aws applies
+    aws = {**AWS, "AWS_CONFIG_FILE": str(tmp_path / "aws"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws")}
 
     # 1. One clone runs the pipeline on a one-cell grid, adds the remote as the README says, pushes, commits.
     first = tmp_path / "first"
@@ -54,7 +55,7 @@ def test_results_pushed_to_s3_are_pulled_into_a_fresh_clone_and_nothing_reruns(t
         params, n = re.subn(rf"(\n {{6}}{axis}: )[^\n]*", rf"\g<1>{value}", params)
         assert n == 1, axis
     (first / "params.yaml").write_text(params)
-    env = stage_env(PYTHONPATH=str(first / "src"), **AWS)
+    env = stage_env(PYTHONPATH=str(first / "src"), **aws)
     ran = run(["dvc", "repro"], cwd=first, env=env, timeout=600)
     assert ran.stdout.count("Running stage") == 3
     run(["dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/inpaint-sweep"], cwd=first, env=env)
@@ -70,7 +71,7 @@ def test_results_pushed_to_s3_are_pulled_into_a_fresh_clone_and_nothing_reruns(t
     second = tmp_path / "second"
     run(["git", "clone", "-q", str(first), str(second)], cwd=tmp_path)
     copy_sample_photos(second / "data" / "images")
-    env = stage_env(PYTHONPATH=str(second / "src"), **AWS)
+    env = stage_env(PYTHONPATH=str(second / "src"), **aws)
     run(["dvc", "pull"], cwd=second, env=env)
     assert results(second) == results(first)
 

@@ -137,7 +137,8 @@ def run_cell(
     # 2. Already computed (this sweep, an earlier one, or before a kill): reuse it.
     record = read_record(stored)
     if record is not None and record.get("status") == "ok":
-        record = materialize(stored, view, record)
+        # Same bytes, maybe another place: point the record at this run's copies of the photo and mask.
+        record = materialize(stored, view, {**record, "input": case["image"], "mask": case["mask"]})
         if tracking_cfg.comet and not record.get("comet"):  # killed before its Comet log finished: log it now
             _log_to_comet(record, case, stored, view, view_dir / "comet", tracking_cfg)
         return record, "skipped"

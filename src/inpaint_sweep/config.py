@@ -43,7 +43,7 @@ class ModelConfig:
     vae_upcast: Optional[bool] = None  # SDXL VAE in float32 for encode/decode (it overflows in fp16); null = checkpoint's
     attention: str = "sdpa"  # sdpa (PyTorch scaled_dot_product_attention, AttnProcessor2_0) | eager (plain matmuls)
     channels_last: bool = True  # UNet and VAE in channels_last memory format (faster convolutions on GPUs)
-    compile_unet: bool = False  # torch.compile the UNet: faster steps after a first call that compiles (minutes)
+    compile_unet: bool = False  # torch.compile the UNet: faster steps after the first call at each size compiles
     offload: str = "none"  # none | model (whole models to the GPU in turn) | sequential (layer by layer; slowest)
     vae_tiling: bool = False  # decode in overlapping tiles: big images on small GPUs (seams possible)
     vae_slicing: bool = False  # decode a batch one image at a time: less peak memory for several seeds per call
@@ -167,7 +167,8 @@ def check_model_config(model: Any) -> None:
             f"model.padding_mask_crop must be null or >= 0 pixels, got model.padding_mask_crop={model.padding_mask_crop}"
         )
     if model.source in ("pretrained", "single_file") and not model.id:
-        raise ConfigError(f"model.id is required for model.source={model.source}: a hub id, a folder or a file")
+        what = "a .safetensors file" if model.source == "single_file" else "a hub id or a local folder"
+        raise ConfigError(f"model.id is required for model.source={model.source}: {what}, e.g. model.id=/path/to/it")
     if model.source == "single_file" and not str(model.id).endswith(".safetensors"):
         raise ConfigError(f"model.source=single_file loads a .safetensors file, got model.id={model.id!r}")
 
