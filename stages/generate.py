@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
         m.source, m.id, m.revision, m.variant, m.dtype, m.device, m.seed, m.cache_dir, config=m.config,
         pipeline=m.pipeline, vae_upcast=m.vae_upcast, attention=m.attention, channels_last=m.channels_last,
         compile_unet=m.compile_unet, offload=m.offload, vae_tiling=m.vae_tiling, vae_slicing=m.vae_slicing,
+        allow_unsafe_pickle=m.allow_unsafe_pickle, safety_checker=m.safety_checker,
     )  # cached per process by these arguments: a scheduler sweep loads once
     set_scheduler(model, m.scheduler)  # this job's scheduler, on the shared pipeline
     settings = {

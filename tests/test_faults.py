@@ -157,3 +157,40 @@ def test_config_validator_accepts_exactly_the_runnable_settings(steps, strength,
         accepted = False
         assert str(e).count("\n") == 0 and "=" in str(e)  # one line naming the key and its value
     assert accepted == runnable
+
+
+# Safe loading: safetensors only unless the user opts in; the safety checker stays unless turned off.
+from inpaint_sweep.model import load_model  # noqa: E402
+from inpaint_sweep.tiny_model import build_tiny_pipeline  # noqa: E402
+
+
+def test_pickle_checkpoint_is_refused_unless_opted_in(tmp_path):
+    build_tiny_pipeline(0).save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert (tmp_path / "pickled" / "unet" / "diffusion_pytorch_model.bin").is_file()
+    with pytest.raises(ConfigError) as e:
+        load_model("pretrained", id=str(tmp_path / "pickled"), cache_dir=str(tmp_path), channels_last=False)
+    assert "holds only pickle weights (.bin/.ckpt) for unet, vae, which can run arbitrary code" in str(e.value)
+    assert "model.allow_unsafe_pickle=true" in str(e.value)
+    model = load_model("pretrained", id=str(tmp_path / "pickled"), cache_dir=str(tmp_path), channels_last=False,
+                       allow_unsafe_pickle=True)
+    assert type(model.pipe).__name__ == "StableDiffusionInpaintPipeline"
+    with pytest.raises(ConfigError, match="is not a .safetensors file; pickle checkpoints"):
+        load_model("single_file", id=str(tmp_path / "model.ckpt"), cache_dir=str(tmp_path))
+
+
+def test_safety_checker_is_kept_unless_turned_off(tmp_path):
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    pipe = build_tiny_pipeline(0)
+    tiny = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=tiny, projection_dim=32,
+                                                      vision_config={**tiny, "image_size": 32, "patch_size": 4}))
+    pipe.register_modules(safety_checker=checker, feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    pipe.register_to_config(requires_safety_checker=True)
+    pipe.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    kept = load_model("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path), channels_last=False)
+    assert type(kept.pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"
+    dropped = load_model("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path), channels_last=False,
+                         safety_checker=False)
+    assert dropped.pipe.safety_checker is None

@@ -165,3 +165,18 @@ def test_default_run_opens_no_network_connection(tmp_path, prepared, model_cache
     run(["python", "stages/report.py", f"paths.generate={tmp_path}/gen", f"paths.report={tmp_path}/rep"], env=env)
     assert (tmp_path / "rep" / "runs.csv").exists()
     assert not log.exists(), log.read_text()
+
+
+def test_soft_mask_feathers_the_seam_and_keeps_the_outside_exact(photo):
+    mask = box_mask(photo.size, (30, 20, 70, 60))
+    soft = np.where(mask, 255, 0).astype(np.uint8)
+    soft[20:60, 30:34] = 64  # a feathered left edge, inside the mask
+    generated = Image.new("RGB", photo.size, (0, 0, 255))
+    hard = np.asarray(composite(photo, generated, mask)).astype(int)
+    out = np.asarray(composite(photo, generated, mask, soft=soft)).astype(int)
+    src = np.asarray(photo).astype(int)
+    assert (out[~mask] == src[~mask]).all()  # outside: the original, bit for bit
+    assert (out[25:55, 40:65] == (0, 0, 255)).all()  # full inside: the generated pixels
+    edge = out[20:60, 30:34]
+    expected = np.round(64 / 255 * np.array([0, 0, 255]) + (1 - 64 / 255) * src[20:60, 30:34])
+    assert np.abs(edge - expected).max() <= 1 and (edge != hard[20:60, 30:34]).any()

@@ -120,6 +120,7 @@ def run_cell(
         "case": case["id"],
         "image_sha256": file_digest(case["image"]),
         "mask_sha256": file_digest(case["mask"]),
+        "soft_mask_sha256": file_digest(case["soft_mask"]) if case.get("soft_mask") else None,
         "prompt": case["prompt"],
         "model_id": model.model_id,
         "model_revision": model.revision,
@@ -165,6 +166,7 @@ def run_cell(
         "sweep_id": sweep_id,
         "input": case["image"],
         "mask": case["mask"],
+        "soft_mask": case.get("soft_mask"),
         "images": [],
         "comet": None,
         "finished_at": None,
@@ -186,6 +188,7 @@ def run_cell(
             settings["size"],
             model.device,
             padding_mask_crop=settings.get("padding_mask_crop"),
+            soft_mask=np.asarray(Image.open(case["soft_mask"]).convert("L")) if case.get("soft_mask") else None,
         )
         for seed, (result, metrics) in zip(seeds, results):
             save_image(result, stored / f"seed-{seed}.png", compress_level=1)  # on the generation path: fast

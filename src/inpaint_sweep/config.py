@@ -47,6 +47,8 @@ class ModelConfig:
     offload: str = "none"  # none | model (whole models to the GPU in turn) | sequential (layer by layer; slowest)
     vae_tiling: bool = False  # decode in overlapping tiles: big images on small GPUs (seams possible)
     vae_slicing: bool = False  # decode a batch one image at a time: less peak memory for several seeds per call
+    allow_unsafe_pickle: bool = False  # true lets a .bin/.ckpt (pickle) checkpoint load: it can RUN ANY CODE it holds
+    safety_checker: bool = True  # keep the checkpoint's NSFW safety checker (SD 1.x); false drops it explicitly
     seed: int = 0  # tiny: seed of the random weights
     cache_dir: str = ".cache/models"  # tiny: where the built checkpoint is saved
 

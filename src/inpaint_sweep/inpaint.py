@@ -23,16 +23,24 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
 
 
-def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray, box=None) -> Image.Image:
+def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray, box=None,
+              soft: np.ndarray | None = None) -> Image.Image:
     """Generated pixels inside the mask, the original's pixels (bit for bit) everywhere else.
 
     `box` (x1, y1, x2, y2) is the region of the photo `generated` shows (default: all of it); it must hold the mask.
+    `soft` (uint8, photo size, 0 wherever `mask` is False: prepare's soft_mask.png) blends instead of cutting hard:
+    out = a * generated + (1 - a) * original with a = soft / 255, so the seam is feathered and outside the mask
+    (a = 0) the original stays exact.
     """
     x1, y1, x2, y2 = box or (0, 0, *original.size)
     canvas = original.convert("RGB")
     canvas.paste(generated.convert("RGB").resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
-    out = np.where(mask[:, :, None], np.asarray(canvas), np.asarray(original.convert("RGB")))
-    return Image.fromarray(out)
+    source = np.asarray(original.convert("RGB"))
+    if soft is None:
+        return Image.fromarray(np.where(mask[:, :, None], np.asarray(canvas), source))
+    alpha = np.where(mask, soft, 0).astype(np.float32)[:, :, None] / 255.0
+    blended = alpha * np.asarray(canvas, dtype=np.float32) + (1.0 - alpha) * source
+    return Image.fromarray(np.where(alpha > 0, np.round(blended), source).astype(np.uint8))
 
 
 def reset_peak_memory(device: str) -> None:
@@ -74,6 +82,7 @@ def inpaint(
     size: int,
     device: str = "cpu",
     padding_mask_crop: int | None = None,
+    soft_mask: np.ndarray | None = None,
 ) -> list[tuple[Image.Image, dict]]:
     """Inpaint `mask` (bool, photo size) of `image` once per seed, in one batched pipeline call.
 
@@ -136,5 +145,5 @@ def inpaint(
         }
         # 4. Paste the generated region back onto the full-size photo.
         generated = Image.fromarray((np.clip(raw, 0, 1) * 255).round().astype(np.uint8))
-        results.append((composite(image, generated, mask, box), metrics))
+        results.append((composite(image, generated, mask, box, soft_mask), metrics))
     return results

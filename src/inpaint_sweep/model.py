@@ -73,14 +73,27 @@ def _quiet() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype):
+def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype,
+                     allow_unsafe_pickle: bool = False, safety_checker: bool = True):
     from diffusers import AutoPipelineForInpainting
 
     _quiet()
-    # safetensors only: a pickle checkpoint can run arbitrary code when loaded.
+    # safetensors only, unless the user opts in: a pickle checkpoint can run arbitrary code when loaded.
+    extra = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
     return AutoPipelineForInpainting.from_pretrained(
-        path_or_id, revision=revision, variant=variant, dtype=torch_dtype, use_safetensors=True
+        path_or_id, revision=revision, variant=variant, dtype=torch_dtype,
+        use_safetensors=None if allow_unsafe_pickle else True, **extra,
     )
+
+
+def _pickle_only_components(folder: str) -> list[str]:
+    """Component folders of a diffusers checkpoint whose weights exist only as pickle files."""
+    found = []
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        suffixes = {p.suffix for p in sub.iterdir() if p.is_file()}
+        if suffixes & {".bin", ".ckpt", ".pt", ".pth"} and ".safetensors" not in suffixes:
+            found.append(sub.name)
+    return found
 
 
 def _from_single_file(path: str, config: str | None, pipeline: str, torch_dtype):
@@ -161,6 +174,8 @@ def load_model(
     offload: str = "none",
     vae_tiling: bool = False,
     vae_slicing: bool = False,
+    allow_unsafe_pickle: bool = False,
+    safety_checker: bool = True,
 ) -> LoadedModel:
     """Build the pipeline, or return the one this process already built with the same arguments.
 
@@ -169,7 +184,7 @@ def load_model(
     """
     global LOAD_COUNT
     key = (source, id, revision, variant, dtype, device, seed, str(cache_dir), config, pipeline, vae_upcast, attention,
-           channels_last, compile_unet, offload, vae_tiling, vae_slicing)
+           channels_last, compile_unet, offload, vae_tiling, vae_slicing, allow_unsafe_pickle, safety_checker)
     if key in _CACHE:
         return _CACHE[key]
 
@@ -191,8 +206,15 @@ def load_model(
         if not id:
             raise ConfigError("model.id is required for a pretrained model: a hub id or a local folder")
         try:
-            pipe = _from_pretrained(id, revision, variant, torch_dtype)
+            pipe = _from_pretrained(id, revision, variant, torch_dtype, allow_unsafe_pickle, safety_checker)
         except (OSError, ValueError) as e:
+            pickled = _pickle_only_components(id) if Path(id).is_dir() and not allow_unsafe_pickle else []
+            if pickled:
+                raise ConfigError(
+                    f"model.id={id!r} holds only pickle weights (.bin/.ckpt) for {', '.join(pickled)}, which can run "
+                    "arbitrary code when loaded; convert to safetensors, or set model.allow_unsafe_pickle=true "
+                    "if you trust its source"
+                ) from None
             if Path(id).is_dir():
                 raise ConfigError(f"model.id={id!r} is not a loadable diffusers inpainting folder: {e}") from None
             raise ConfigError(
@@ -204,6 +226,11 @@ def load_model(
     elif source == "single_file":
         if not id:
             raise ConfigError("model.id is required for a single file: the path of a .safetensors file")
+        if Path(id).suffix != ".safetensors" and not allow_unsafe_pickle:
+            raise ConfigError(
+                f"model.id={id!r} is not a .safetensors file; pickle checkpoints (.ckpt/.bin) can run arbitrary code "
+                "when loaded: convert it, or set model.allow_unsafe_pickle=true if you trust its source"
+            )
         pipe = _from_single_file(id, config, pipeline, torch_dtype)
         model_id, revision = id, revision or Path(id).name
     else:
