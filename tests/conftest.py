@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,3 +72,20 @@ def clone_of_working_tree(dest):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+
+
+def shrunk_clone(dest: Path, grid: dict[str, str]) -> Path:
+    """A clone of the working tree with no dvc.lock, the sample photos in place and a smaller grid in params.yaml
+    (`grid` maps an axis of hydra.sweeper.params to its new value, written as in the file)."""
+    from inpaint_sweep.assets import copy_sample_photos
+
+    dest.mkdir(parents=True, exist_ok=True)
+    clone_of_working_tree(dest)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    copy_sample_photos(dest / "data" / "images")
+    params = (dest / "params.yaml").read_text()
+    for axis, value in grid.items():
+        params, n = re.subn(rf"(\n {{6}}{axis}: )[^\n]*", rf"\g<1>{value}", params)
+        assert n == 1, f"grid axis {axis} not found in params.yaml"
+    (dest / "params.yaml").write_text(params)
+    return dest

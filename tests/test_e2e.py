@@ -1,14 +1,12 @@
 """End to end, for real: a copy of the repository, `dvc repro` on a shrunk grid, then the no-op and the grid edit."""
 
 import json
-import re
 
 import pandas as pd
 import pytest
 
-from inpaint_sweep.assets import copy_sample_photos
 
-from conftest import clone_of_working_tree, run, stage_env
+from conftest import run, shrunk_clone, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -16,16 +14,7 @@ SHRUNK_GRID = {"guidance": "5,9", "strength": "1.0", "steps": "2", "negative_pro
 
 
 def test_dvc_repro_end_to_end(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    clone_of_working_tree(repo)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    copy_sample_photos(repo / "data" / "images")
-    params = (repo / "params.yaml").read_text()
-    for axis, value in SHRUNK_GRID.items():
-        params, n = re.subn(rf"(\n {{6}}{axis}: )[^\n]*", rf"\g<1>{value}", params)
-        assert n == 1, axis
-    (repo / "params.yaml").write_text(params)
+    repo = shrunk_clone(tmp_path / "repo", SHRUNK_GRID)
     env = stage_env(PYTHONPATH=str(repo / "src"))
 
     # 1. The whole pipeline.

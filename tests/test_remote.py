@@ -8,7 +8,7 @@ import pytest
 
 from inpaint_sweep.assets import copy_sample_photos
 
-from conftest import clone_of_working_tree, run, stage_env
+from conftest import run, shrunk_clone, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +45,7 @@ def test_results_pushed_to_s3_are_pulled_into_a_fresh_clone_and_nothing_reruns(t
     aws = {**AWS, "AWS_CONFIG_FILE": str(tmp_path / "aws"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws")}
 
     # 1. One clone runs the pipeline on a one-cell grid, adds the remote as the README says, pushes, commits.
-    first = tmp_path / "first"
-    first.mkdir()
-    clone_of_working_tree(first)
-    (first / "dvc.lock").unlink(missing_ok=True)
-    copy_sample_photos(first / "data" / "images")
-    params = (first / "params.yaml").read_text()
-    for axis, value in ONE_CELL.items():
-        params, n = re.subn(rf"(\n {{6}}{axis}: )[^\n]*", rf"\g<1>{value}", params)
-        assert n == 1, axis
-    (first / "params.yaml").write_text(params)
+    first = shrunk_clone(tmp_path / "first", ONE_CELL)
     env = stage_env(PYTHONPATH=str(first / "src"), **aws)
     ran = run(["dvc", "repro"], cwd=first, env=env, timeout=600)
     assert ran.stdout.count("Running stage") == 3

@@ -39,11 +39,47 @@ def build_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
+def _tiny_vae(**extra):
+    """A 4-block VAE: the downscale factor of 8 that real SD has (latents are 1/8 of the image side)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=256,
+        **extra,
+    )
+
+
+def _tiny_text_config(tokenizer, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        layer_norm_eps=1e-5,
+        **extra,
+    )
+
+
 def build_tiny_pipeline(seed: int = 0):
     """Build the tiny inpainting pipeline, deterministically from `seed`."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -59,32 +95,8 @@ def build_tiny_pipeline(seed: int = 0):
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    # Four blocks give the VAE the downscale factor of 8 that real SD has (latents are 1/8 of the image side).
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=256,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            layer_norm_eps=1e-5,
-        )
-    )
+    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
         steps_offset=1,
@@ -130,8 +142,8 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     4-block VAE (downscale factor 8). Random weights: it paints noise. Used to test the SDXL code path offline.
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -152,32 +164,9 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
         cross_attention_dim=64,  # the two encoders' hidden states, concatenated: 32 + 32
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=256,
-        force_upcast=True,  # as SDXL's own VAE config: decode in float32 when the pipeline runs in float16
-    )
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        layer_norm_eps=1e-5,
-        hidden_act="gelu",
-        projection_dim=32,
-    )
+    # As SDXL's own VAE config: force_upcast decodes in float32 when the pipeline runs in float16.
+    vae = _tiny_vae(force_upcast=True)
+    text_config = _tiny_text_config(tokenizer, hidden_act="gelu", projection_dim=32)
     text_encoder = CLIPTextModel(text_config)
     text_encoder_2 = CLIPTextModelWithProjection(text_config)
     scheduler = EulerDiscreteScheduler(
