@@ -72,6 +72,7 @@ def _failed_cells(out: Path) -> list[str]:
 
 
 if __name__ == "__main__":
+    sweep.precheck_command_line(sys.argv[1:])
     try:
         main()
     finally:

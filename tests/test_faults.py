@@ -116,6 +116,9 @@ def test_rejected_key_warns_once_and_logs_offline(tmp_path, prepared, model_cach
         ("steps=1,4", "error: steps x strength must give at least one denoising step, got steps=1 strength=0.75"),
         ("seed=[1,1]", "error: seed list has duplicates, got seed=[1, 1]"),
         ("guidance=5,-3", "error: guidance must be >= 0, got guidance=-3"),
+        ("steps=4,abc", "error: Value 'abc' of type 'str' could not be converted to Integer full_key: steps "
+                        "object_type=Config"),
+        ("guidanse=5", "error: Key 'guidanse' not in 'Config' full_key: guidanse object_type=Config"),
     ],
 )
 def test_bad_grid_value_stops_the_sweep_before_any_cell(tmp_path, override, words):

@@ -61,6 +61,21 @@ def check_grid(config: DictConfig, values: dict[str, list]) -> None:
         check_config(cfg)
 
 
+@one_line_errors
+def precheck_command_line(argv: list[str]) -> None:
+    """Type-check the command line's plain overrides (steps=abc, a typo'd key) before Hydra starts, so they fail with
+    the same one-line error and exit code 2 as every other bad value; Hydra's own report spans several lines.
+    Group selections and hydra.* overrides are left to Hydra."""
+    from .config import load_config
+
+    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
+    groups = [a for a in overrides if a.split("=", 1)[0] == "model"]
+    base = load_config(groups)
+    for key, found in grid_values({}, [a for a in overrides if a not in groups]).items():
+        for value in found:
+            OmegaConf.update(base.copy(), key, value, merge=False)
+
+
 def reset_view(generate_dir: str | Path) -> None:
     for sub in ("cells", "comet"):
         shutil.rmtree(Path(generate_dir) / sub, ignore_errors=True)
