@@ -71,8 +71,6 @@ def log_cell(
     assets: dict[str, str] | None = None,
 ) -> str:
     """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL."""
-    import comet_ml
-
     settings = dict(
         project_name=project,
         workspace=workspace,
@@ -90,14 +88,11 @@ def log_cell(
         log_env_cpu=False,
         display_summary_level=0,
     )
-    if online:
-        experiment = comet_ml.Experiment(**settings)
-        if not experiment.alive:  # the server stopped answering since the check: keep the log offline
-            log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
-            online = False
-    if not online:
-        Path(offline_dir).mkdir(parents=True, exist_ok=True)
-        experiment = comet_ml.OfflineExperiment(offline_directory=str(offline_dir), **settings)
+    experiment = _create_experiment(online, offline_dir, settings)
+    if online and not experiment.alive:  # the server stopped answering since the check: keep the log offline
+        log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
+        online = False
+        experiment = _create_experiment(False, offline_dir, settings)
     experiment.set_name(name)
     experiment.add_tags(tags)
     experiment.log_parameters(params)
@@ -111,6 +106,27 @@ def log_cell(
     if online:
         return experiment.url
     return str(Path(offline_dir) / f"{key}.zip")
+
+
+_CREATE_LOCK = threading.Lock()
+
+
+def _create_experiment(online: bool, offline_dir, settings: dict):
+    """Create an experiment safely while other threads log theirs.
+
+    comet_ml keeps one global "current" experiment and, on creating a new one, ends the previous one from the
+    creating thread. With experiments logged in parallel that ends another thread's experiment while it is still
+    being written (seen here as a corrupt offline archive), so creation is serialised and the global cleared first.
+    """
+    import comet_ml
+    from comet_ml.config import set_global_experiment
+
+    with _CREATE_LOCK:
+        set_global_experiment(None)
+        if online:
+            return comet_ml.Experiment(**settings)
+        Path(offline_dir).mkdir(parents=True, exist_ok=True)
+        return comet_ml.OfflineExperiment(offline_directory=str(offline_dir), **settings)
 
 
 def submit(fn, *args, **kwargs) -> Future:
