@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from inpaint_sweep import cli, sweep, tracking
 from inpaint_sweep.cells import RECORD, load_prepared, run_cell
-from inpaint_sweep.config import check_config
+from inpaint_sweep.config import SWEEP_AXES, check_config
 from inpaint_sweep.model import load_model, set_scheduler
 
 log = logging.getLogger("generate")
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def _axes(settings: dict) -> str:
-    return " ".join(f"{k}={settings[k]!r}" for k in ("steps", "guidance", "strength", "negative_prompt", "seed"))
+    return " ".join(f"{k}={settings[k]!r}" for k in SWEEP_AXES)
 
 
 def _failed_cells(out: Path) -> list[str]:

@@ -26,11 +26,11 @@ import numpy as np
 from PIL import Image
 
 from . import tracking
+from .config import SWEEP_AXES, ConfigError
 from .images import save_image, write_json
-from .inpaint import inpaint, working_size
+from .inpaint import inpaint, seed_list, working_size
 
 RECORD = "record.json"
-AXES = ("steps", "guidance", "strength", "negative_prompt", "seed")
 # Bump when code changes what a cell's pixels are for the same settings (compositing, resizing, ...):
 # cells computed by older code then get new ids instead of being reused from the store.
 ENGINE_VERSION = 1
@@ -44,10 +44,6 @@ def cell_id(case_id: str, determinants: dict) -> str:
     """`<case>-<12 hex>`: a hash of everything that decides the cell's pixels, so equal settings share one id."""
     blob = json.dumps(determinants, sort_keys=True, default=str).encode()
     return f"{case_id}-{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
-def seed_list(seed) -> list[int]:
-    return [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
 
 
 @lru_cache(maxsize=1)
@@ -68,8 +64,6 @@ def code_version() -> str:
 def load_prepared(prepare_dir: str | Path) -> list[dict]:
     path = Path(prepare_dir) / "cases.json"
     if not path.is_file():
-        from .config import ConfigError
-
         raise ConfigError(f"no prepared cases at {str(path)!r}: run `dvc repro prepare` (or stages/prepare.py) first")
     return json.loads(path.read_text())
 
@@ -129,7 +123,7 @@ def run_cell(
         "scheduler": settings.get("scheduler"),
         "padding_mask_crop": settings.get("padding_mask_crop"),
         "working_size": [width, height],
-        **{k: settings[k] for k in AXES if k != "seed"},
+        **{k: settings[k] for k in SWEEP_AXES if k != "seed"},
         "seeds": seeds,
     }
     cid = cell_id(case["id"], determinants)
@@ -150,7 +144,7 @@ def run_cell(
         "error": None,
         "case": case["id"],
         "prompt": case["prompt"],
-        **{k: settings[k] for k in AXES},
+        **{k: settings[k] for k in SWEEP_AXES},
         "model": settings["model_name"],
         "model_id": model.model_id,
         "model_revision": model.revision,
@@ -210,7 +204,7 @@ def run_cell(
 
 def comet_params(record: dict) -> dict:
     """The cell's Comet parameters: the config's own key names, plus what identifies the cell."""
-    params = {k: record[k] for k in ("case", "prompt", *AXES)}
+    params = {k: record[k] for k in ("case", "prompt", *SWEEP_AXES)}
     params.update({k: record[k] for k in ("model", "model_id", "model_revision", "mask_method", "cell_id", "code_version")})
     params.update({f"model.{k}": record.get(k) for k in ("scheduler", "padding_mask_crop")})  # config key names
     return params

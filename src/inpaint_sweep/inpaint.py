@@ -17,6 +17,11 @@ def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return max(8, int(round(width * scale / 8)) * 8), max(8, int(round(height * scale / 8)) * 8)
 
 
+def seed_list(seed) -> list[int]:
+    """A cell's seeds as a list: `seed` is one int or a list of them."""
+    return [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two float arrays in [0, 1] (inf when identical)."""
     mse = float(np.mean((a - b) ** 2)) if a.size else 0.0
@@ -90,7 +95,7 @@ def inpaint(
     """
     import torch
 
-    seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    seeds = seed_list(seeds)
 
     # 1. Resize photo and mask to the model's working size (multiples of 8). With padding_mask_crop, only the box
     #    diffusers' padding_mask_crop would pick (the mask's bounds grown by that many photo pixels, then to the working

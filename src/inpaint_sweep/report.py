@@ -16,6 +16,7 @@ from PIL import Image
 from .cells import RECORD
 from .config import SWEEP_AXES, ConfigError
 from .images import fmt, labelled_grid, save_image, write_json
+from .inpaint import seed_list
 
 # Per-image metrics, and which way is better. Generate measures the first five; the report adds the last two.
 BETTER = {
@@ -57,11 +58,7 @@ def _image_entries(record: dict) -> list[dict]:
     """The record's images as [{seed, path, metrics}]; a failed cell gives one entry per seed with no path."""
     if record.get("images"):
         return record["images"]
-    seeds = record.get("seed", 0)
-    seeds = seeds if isinstance(seeds, list) else [seeds]
-    if record.get("image"):  # one image per record (older records)
-        return [{"seed": seeds[0], "path": record["image"], "metrics": record.get("metrics") or {}}]
-    return [{"seed": s, "path": None, "metrics": {}} for s in seeds]
+    return [{"seed": s, "path": None, "metrics": {}} for s in seed_list(record.get("seed", 0))]
 
 
 def load_records(cells_dir: str | Path) -> pd.DataFrame:

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -22,7 +21,7 @@ from .cli import one_line_errors
 from .config import check_config
 
 COUNTS = {"done": 0, "skipped": 0, "failed": 0}
-STATE = {"total": None, "start": None, "bar": None}
+STATE = {"bar": None}  # the overall progress bar of this process's multirun
 # The process that started the run and the view folders it emptied. Launchers such as joblib and submitit run the jobs
 # in other processes: each such job writes its counts to WORKER_COUNTS in its Hydra job folder for the launching
 # process to add up, and generate.py reads failed cells from the views on disk.
@@ -41,11 +40,6 @@ def grid_values(sweeper_params: dict, task_overrides: list[str]) -> dict[str, li
         found = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         values[override.get_key_element()] = [v.text if isinstance(v, QuotedString) else v for v in found]
     return values
-
-
-def grid_size(sweeper_params: dict, task_overrides: list[str]) -> int:
-    """Number of jobs Hydra's basic sweeper makes from the config grid plus command-line overrides."""
-    return math.prod(len(v) for v in grid_values(sweeper_params, task_overrides).values())
 
 
 def check_grid(config: DictConfig, values: dict[str, list]) -> None:
@@ -85,7 +79,6 @@ def start(total: int) -> None:
     from tqdm.auto import tqdm
 
     COUNTS.update(done=0, skipped=0, failed=0)
-    STATE.update(total=total, start=time.perf_counter())
     STATE["bar"] = tqdm(total=total, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
 
 
@@ -127,14 +120,15 @@ class SweepCallback(Callback):
 
     @one_line_errors  # hydra swallows callback exceptions; a bad grid must stop the sweep with one line
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        check_grid(config, grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task))
+        values = grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task)
+        check_grid(config, values)
         reset_view(config.paths.generate)
         claim(config.paths.generate)
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{WORKER_COUNTS}"):
             stale.unlink()
         cases_file = Path(config.paths.prepare) / "cases.json"
         cases = len(json.loads(cases_file.read_text())) if cases_file.is_file() else 1
-        start(grid_size(config.hydra.sweeper.params or {}, config.hydra.overrides.task) * cases)
+        start(math.prod(len(v) for v in values.values()) * cases)  # jobs x cases, as the basic sweeper makes them
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         finish()

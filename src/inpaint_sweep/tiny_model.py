@@ -39,6 +39,23 @@ def build_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
+def _tiny_unet(**extra):
+    """A 2-block inpainting UNet: 9 input channels = 4 noisy latents + 4 masked-image latents + 1 mask."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        **extra,
+    )
+
+
 def _tiny_vae(**extra):
     """A 4-block VAE: the downscale factor of 8 that real SD has (latents are 1/8 of the image side)."""
     from diffusers import AutoencoderKL
@@ -78,23 +95,12 @@ def _tiny_text_config(tokenizer, **extra):
 def build_tiny_pipeline(seed: int = 0):
     """Build the tiny inpainting pipeline, deterministically from `seed`."""
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
     from transformers import CLIPTextModel
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=9,  # 4 noisy latents + 4 masked-image latents + 1 mask: the inpainting UNet layout
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
     vae = _tiny_vae()
     text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
     scheduler = DDIMScheduler(
@@ -142,19 +148,12 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     4-block VAE (downscale factor 8). Random weights: it paints noise. Used to test the SDXL code path offline.
     """
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",  # SDXL's micro-conditioning: sizes and crop, plus the pooled text embedding
@@ -162,7 +161,6 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 (text_encoder_2's projection_dim)
         cross_attention_dim=64,  # the two encoders' hidden states, concatenated: 32 + 32
-        norm_num_groups=8,
     )
     # As SDXL's own VAE config: force_upcast decodes in float32 when the pipeline runs in float16.
     vae = _tiny_vae(force_upcast=True)
@@ -222,9 +220,7 @@ def _unet_to_ldm(unet) -> dict:
             if kind == "downsamplers":  # down_blocks.B.downsamplers.0.conv.X
                 new = f"input_blocks.{n * (block + 1)}.0.op.{rest[-1]}"
             else:
-                layer, rest = int(rest[0]), ".".join(rest[1:])
-                slot = "0" if kind == "resnets" else "1"
-                rest = _rename(rest, _RESNET_TO_LDM) if kind == "resnets" else rest
+                layer, slot, rest = _block_layer(kind, rest)
                 new = f"input_blocks.{n * block + layer + 1}.{slot}.{rest}"
         elif parts[0] == "mid_block":
             kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
@@ -238,15 +234,21 @@ def _unet_to_ldm(unet) -> dict:
                 has_attention = hasattr(unet.up_blocks[block], "attentions")
                 new = f"output_blocks.{n * block + n - 1}.{2 if has_attention else 1}.conv.{rest[-1]}"
             else:
-                layer, rest = int(rest[0]), ".".join(rest[1:])
-                slot = "0" if kind == "resnets" else "1"
-                rest = _rename(rest, _RESNET_TO_LDM) if kind == "resnets" else rest
+                layer, slot, rest = _block_layer(kind, rest)
                 new = f"output_blocks.{n * block + layer}.{slot}.{rest}"
         else:
             raise ValueError(f"no original-layout name for UNet weight {key!r}")
         out[f"model.diffusion_model.{new}"] = value
     return out
 
+
+
+def _block_layer(kind: str, rest: list[str]) -> tuple[int, str, str]:
+    """Layer index, slot in the original block (0 resnet, 1 attention) and renamed tail of a down/up block weight."""
+    layer, tail = int(rest[0]), ".".join(rest[1:])
+    if kind == "resnets":
+        return layer, "0", _rename(tail, _RESNET_TO_LDM)
+    return layer, "1", tail
 
 def _vae_to_ldm(vae) -> dict:
     """A diffusers AutoencoderKL's weights under the original `first_stage_model.*` names (attention as 1x1 convs)."""
