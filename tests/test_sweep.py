@@ -133,3 +133,51 @@ def test_one_bad_cell_does_not_sink_the_sweep(tmp_path, prepared, model_cache):
     assert len(records) == 4 and len(failed) == 2 and all(r["case"] == "broken" for r in failed)
     assert all("UnidentifiedImageError" in r["error"] for r in failed)
     assert "error: 2 cell(s) failed: broken-" in result.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["guidance=5", "strength=0.75", "steps=4", "negative_prompt=''"],  # the default grid's kind of job
+    ["negative_prompt=cartoon", "seed=[1,2]", "model.scheduler=ddim", "guidance=12"],
+    ["model=local", "model.id=/models/x", "guidance=7.5"],  # a config group choice next to plain values
+    ["hydra.job.name=other", "steps=8"],  # a hydra.* key
+])
+def test_grid_sweeper_composes_each_job_exactly_as_hydra_does(overrides):
+    """params.yaml's sweeper composes a job's config once per set of group choices, then applies the plain values:
+    the result must be Hydra's own full composition, every key of the hydra node included."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
+    from inpaint_sweep.sweep import GridConfigLoader
+
+    search_path = create_config_search_path(str(REPO_ROOT))
+    hydra_loader, grid_loader = ConfigLoaderImpl(search_path), GridConfigLoader(search_path)
+    master = hydra_loader.load_configuration(CONFIG_NAME, ["hydra.sweep.dir=/tmp/x", "paths.generate=/tmp/g"],
+                                             RunMode.MULTIRUN)
+    assert OmegaConf.select(master, "hydra.sweeper._target_").endswith("GridSweeper")
+    for _ in range(2):  # the second time from the loader's cache
+        expected = OmegaConf.to_yaml(hydra_loader.load_sweep_config(master, overrides))
+        assert OmegaConf.to_yaml(grid_loader.load_sweep_config(master, overrides)) == expected
+
+
+@pytest.mark.parametrize("bad", ["guidanse=5", "steps=abc"])
+def test_grid_sweeper_rejects_a_bad_job_as_hydra_does(bad):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+
+    from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
+    from inpaint_sweep.sweep import GridConfigLoader
+
+    search_path = create_config_search_path(str(REPO_ROOT))
+    hydra_loader = ConfigLoaderImpl(search_path)
+    master = hydra_loader.load_configuration(CONFIG_NAME, [], RunMode.MULTIRUN)
+    messages = []
+    for loader in (hydra_loader, GridConfigLoader(search_path)):
+        with pytest.raises(ConfigCompositionException) as error:
+            loader.load_sweep_config(master, ["guidance=5", bad])
+        messages.append(str(error.value.__cause__ or error.value))
+    assert messages[0] == messages[1] and bad.split("=")[0] in messages[0]
