@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from inpaint_sweep import cli, sweep, tracking
 from inpaint_sweep.cells import RECORD, load_prepared, run_cell
+from inpaint_sweep.cells import flush as flush_cells
 from inpaint_sweep.config import SWEEP_AXES, check_config
 from inpaint_sweep.model import load_model, set_scheduler
 
@@ -53,12 +54,16 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.paths.generate)
     OUTPUT_DIRS.add(out)
     for case in cases:
-        record, status = run_cell(model, case, settings, Path(cfg.paths.cell_store), out, cfg.tracking, SWEEP_ID)
-        sweep.advance(status)
+        record, status = run_cell(model, case, settings, Path(cfg.paths.cell_store), out, cfg.tracking, SWEEP_ID,
+                                  on_finished=_finished)
         if status == "failed":
             log.error("cell %s failed: %s", record["cell_id"], record["error"])
         else:
             log.info("cell %s %s %s", record["cell_id"], status, _axes(settings))
+
+
+def _finished(record: dict, status: str) -> None:
+    sweep.advance(status)  # the overall bar moves once a cell's files are written
 
 
 def _axes(settings: dict) -> str:
@@ -76,7 +81,8 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        tracking.flush()
+        flush_cells()  # computed cells still being written
+        tracking.flush()  # experiments still being logged
         sweep.finish()
     failed = []
     for out in OUTPUT_DIRS | sweep.LAUNCHER["views"]:  # views: cells that joblib/submitit workers wrote

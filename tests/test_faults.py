@@ -200,24 +200,25 @@ def test_safety_checker_is_kept_unless_turned_off(tmp_path):
 
 
 def test_parallel_comet_logging_writes_only_sound_archives(tmp_path, photo):
-    """comet_ml ends its global previous experiment whenever a new one is created; logged from parallel threads
-    unguarded, that corrupted about 1 archive in 8 here. Every archive must open and pass its CRC checks."""
-    import random
-    import time
+    """The logger process writes experiments in parallel threads. comet_ml ends its global previous experiment
+    whenever a new one is created; unguarded, that corrupted about 1 archive in 8 here. Every archive must open and
+    pass its CRC checks, and each record handed over must learn its own archive."""
+    import json
 
     from inpaint_sweep import tracking
 
     photo.save(tmp_path / "out.png")
-
-    def one(i):
-        time.sleep(random.random() * 0.2)  # stagger starts and ends so they overlap in every order
-        return tracking.log_cell(tmp_path / "comet", False, "p", None, f"cell-{i}", {"guidance": i}, {"seconds": 1.0},
-                                 ["t"], {"output": str(tmp_path / "out.png")})
-
-    futures = [tracking.submit(one, i) for i in range(16)]
+    records = []
+    for i in range(16):
+        records.append(tmp_path / f"record-{i}.json")
+        records[-1].write_text(json.dumps({"cell_id": f"cell-{i}", "comet": None}))
+        tracking.submit({"offline_dir": str(tmp_path / "comet"), "online": False, "project": "p", "workspace": None,
+                         "name": f"cell-{i}", "params": {"guidance": i}, "metrics": {"seconds": 1.0}, "tags": ["t"],
+                         "images": {"output": str(tmp_path / "out.png")}, "records": [str(records[-1])]})
     assert tracking.flush() == 0
-    archives = [f.result() for f in futures]
+    archives = [json.loads(r.read_text())["comet"] for r in records]
     assert len(set(archives)) == 16
-    for archive in archives:
+    for i, archive in enumerate(archives):
         with zipfile.ZipFile(archive) as z:
             assert z.testzip() is None, f"{archive} is corrupt"
+            assert f"cell-{i}" in z.read("experiment.json").decode() + z.read("messages.json").decode()

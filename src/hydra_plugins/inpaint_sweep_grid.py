@@ -16,3 +16,6 @@ class GridSweeper(BasicSweeper):
         loader = GridConfigLoader(hydra_context.config_loader.get_search_path())
         context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
         super().setup(hydra_context=context, task_function=task_function, config=config)
+
+    def validate_batch_is_legal(self, batch) -> None:
+        self.hydra_context.config_loader.check_batch(self.config, batch)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +31,9 @@ from PIL import Image
 from . import tracking
 from .config import SWEEP_AXES, ConfigError
 from .images import save_image, write_json
-from .inpaint import inpaint, seed_list, working_size
+from .inpaint import denoise, seed_list, to_photo, working_size
+
+log = logging.getLogger(__name__)
 
 RECORD = "record.json"
 # Bump when code changes what a cell's pixels are for the same settings (compositing, resizing, ...):
@@ -101,11 +106,16 @@ def run_cell(
     view_dir: Path,
     tracking_cfg,
     sweep_id: str,
+    on_finished=None,
 ) -> tuple[dict, str]:
     """Make one (case, settings) cell available in the view, computing it only if the store lacks it.
 
-    Returns the record and what happened this run: "done", "skipped" (taken from the store) or "failed".
+    Returns the record and what happened this run: "done" (computed), "skipped" (taken from the store) or "failed".
+    A computed cell's images are composited and written by a background thread (`flush` waits for them) while the
+    caller goes on to the next cell. `on_finished(record, status)` is called once the cell's files are all written,
+    from that thread; status is then "done", or "failed" if writing failed.
     """
+    on_finished = on_finished or (lambda record, status: None)
     # 1. Identify the cell by what decides its pixels.
     seeds = seed_list(settings["seed"])
     width, height = working_size(tuple(case["image_size"]), settings["size"])
@@ -136,6 +146,7 @@ def run_cell(
         record = materialize(stored, view, {**record, "input": case["image"], "mask": case["mask"]})
         if tracking_cfg.comet and not record.get("comet"):  # killed before its Comet log finished: log it now
             _log_to_comet(record, case, stored, view, view_dir / "comet", tracking_cfg)
+        on_finished(record, "skipped")
         return record, "skipped"
 
     record = {
@@ -165,11 +176,12 @@ def run_cell(
         "comet": None,
         "finished_at": None,
     }
-    # 3. Generate every seed in one call, composite, save into the store; a failure is recorded, never raised.
+    # 3. Generate every seed in one call; a failure is recorded, never raised.
     try:
         image = Image.open(case["image"]).convert("RGB")
         mask = np.asarray(Image.open(case["mask"])) > 127
-        results = inpaint(
+        soft = np.asarray(Image.open(case["soft_mask"]).convert("L")) if case.get("soft_mask") else None
+        raws, metrics, box = denoise(
             model.pipe,
             image,
             mask,
@@ -182,24 +194,65 @@ def run_cell(
             settings["size"],
             model.device,
             padding_mask_crop=settings.get("padding_mask_crop"),
-            soft_mask=np.asarray(Image.open(case["soft_mask"]).convert("L")) if case.get("soft_mask") else None,
         )
-        for seed, (result, metrics) in zip(seeds, results):
-            save_image(result, stored / f"seed-{seed}.png", compress_level=1)  # on the generation path: fast
-            record["images"].append({"seed": seed, "path": str(stored / f"seed-{seed}.png"), "metrics": metrics})
     except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(record, view / RECORD)  # shown by the report; not stored, so the next run retries it
+        _record_failure(record, e, view)
+        on_finished(record, "failed")
         return record, "failed"
-    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(record, stored / RECORD)  # last: from now on the cell is complete
-    record = materialize(stored, view, record)
 
-    # 4. Log to Comet in the background; the records learn their archive when it is written.
-    if tracking_cfg.comet:
-        _log_to_comet(record, case, stored, view, view_dir / "comet", tracking_cfg)
+    # 4. Composite, save into the store, show in the view and log to Comet, off the generation path.
+    def finish() -> None:
+        try:
+            for seed, raw, cell_metrics in zip(seeds, raws, metrics):
+                path = stored / f"seed-{seed}.png"
+                save_image(to_photo(image, raw, mask, box, soft), path, compress_level=1)  # level 1: fast
+                record["images"].append({"seed": seed, "path": str(path), "metrics": cell_metrics})
+            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            write_json(record, stored / RECORD)  # last: from now on the cell is complete
+            done = materialize(stored, view, record)
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: this cell fails, the sweep goes on
+            _record_failure(record, e, view)
+            log.error("cell %s failed: %s", cid, record["error"])
+            on_finished(record, "failed")
+            return
+        if tracking_cfg.comet:
+            try:
+                _log_to_comet(done, case, stored, view, view_dir / "comet", tracking_cfg)
+            except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
+                log.warning("cell %s: could not hand its Comet log over: %s", cid, e)
+        on_finished(done, "done")
+
+    _submit(finish)
     return record, "done"
+
+
+def _record_failure(record: dict, error: Exception, view: Path) -> None:
+    record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(record, view / RECORD)  # shown by the report; not stored, so the next run retries it
+
+
+# Finishing computed cells: one thread per two CPU cores (at most 4), and at most twice as many cells waiting, so a
+# fast GPU cannot pile up images in memory faster than they are written.
+_FINISHERS = max(1, min(4, (os.cpu_count() or 2) // 2))
+_WAITING = threading.BoundedSemaphore(2 * _FINISHERS)
+_POOL: dict = {"executor": None, "futures": []}
+
+
+def _submit(fn) -> None:
+    _WAITING.acquire()  # blocks while the finishers are behind
+    if _POOL["executor"] is None:
+        _POOL["executor"] = ThreadPoolExecutor(max_workers=_FINISHERS, thread_name_prefix="finish-cell")
+    future = _POOL["executor"].submit(fn)
+    future.add_done_callback(lambda _: _WAITING.release())
+    _POOL["futures"].append(future)
+
+
+def flush() -> None:
+    """Wait until every computed cell is written (and handed to the Comet logger)."""
+    futures, _POOL["futures"] = _POOL["futures"], []
+    for future in futures:
+        future.result()
 
 
 def comet_params(record: dict) -> dict:
@@ -211,35 +264,22 @@ def comet_params(record: dict) -> dict:
 
 
 def _log_to_comet(record: dict, case: dict, stored: Path, view: Path, comet_dir: Path, tracking_cfg) -> None:
-    online = tracking.is_online(tracking_cfg.offline)
+    """Hand the cell's experiment to the Comet logger; its records learn their archive (or URL) once it is written."""
     images = {"input": case["image"], "mask": case["mask"]}
     images.update({f"output_seed-{e['seed']}": e["path"] for e in record["images"]})
     metrics = {}
     for entry in record["images"]:
         suffix = "" if len(record["images"]) == 1 else f"_seed-{entry['seed']}"
         metrics.update({f"{k}{suffix}": v for k, v in entry["metrics"].items()})
-    future = tracking.submit(
-        tracking.log_cell,
-        comet_dir,
-        online,
-        tracking_cfg.project,
-        tracking_cfg.workspace,
-        record["cell_id"],
-        comet_params(record),
-        metrics,
-        [f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
-        images,
-    )
-    future.add_done_callback(lambda f: _note_comet(f, (stored, view)))
-
-
-def _note_comet(future, cell_dirs) -> None:
-    """Write where the cell's Comet log went into its records, once the background log finished."""
-    if future.exception() is not None:
-        return
-    where = future.result()
-    where = where if where.startswith("http") else os.path.relpath(where)
-    for cell_dir in cell_dirs:
-        record = read_record(cell_dir)
-        if record is not None:
-            write_json({**record, "comet": where}, cell_dir / RECORD)
+    tracking.submit({
+        "offline_dir": str(comet_dir),
+        "online": tracking.is_online(tracking_cfg.offline),
+        "project": tracking_cfg.project,
+        "workspace": tracking_cfg.workspace,
+        "name": record["cell_id"],
+        "params": comet_params(record),
+        "metrics": metrics,
+        "tags": [f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
+        "images": images,
+        "records": [str(stored / RECORD), str(view / RECORD)],
+    })

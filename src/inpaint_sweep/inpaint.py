@@ -35,17 +35,27 @@ def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray, b
     `box` (x1, y1, x2, y2) is the region of the photo `generated` shows (default: all of it); it must hold the mask.
     `soft` (uint8, photo size, 0 wherever `mask` is False: prepare's soft_mask.png) blends instead of cutting hard:
     out = a * generated + (1 - a) * original with a = soft / 255, so the seam is feathered and outside the mask
-    (a = 0) the original stays exact.
+    (a = 0) the original stays exact. Only the mask's bounding box is computed: nothing else can change.
     """
     x1, y1, x2, y2 = box or (0, 0, *original.size)
-    canvas = original.convert("RGB")
-    canvas.paste(generated.convert("RGB").resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
-    source = np.asarray(original.convert("RGB"))
+    out = np.array(original.convert("RGB"))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return Image.fromarray(out)
+    # The mask's bounding box, within the generated region.
+    r0, r1, c0, c1 = max(rows[0], y1), min(rows[-1] + 1, y2), max(cols[0], x1), min(cols[-1] + 1, x2)
+    if r0 >= r1 or c0 >= c1:
+        return Image.fromarray(out)
+    pasted = np.asarray(generated.convert("RGB").resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS))
+    pasted = pasted[r0 - y1:r1 - y1, c0 - x1:c1 - x1]
+    source, inside = out[r0:r1, c0:c1], mask[r0:r1, c0:c1]
     if soft is None:
-        return Image.fromarray(np.where(mask[:, :, None], np.asarray(canvas), source))
-    alpha = np.where(mask, soft, 0).astype(np.float32)[:, :, None] / 255.0
-    blended = alpha * np.asarray(canvas, dtype=np.float32) + (1.0 - alpha) * source
-    return Image.fromarray(np.where(alpha > 0, np.round(blended), source).astype(np.uint8))
+        out[r0:r1, c0:c1] = np.where(inside[:, :, None], pasted, source)
+        return Image.fromarray(out)
+    alpha = np.where(inside, soft[r0:r1, c0:c1], 0).astype(np.float32)[:, :, None] / 255.0
+    blended = alpha * pasted.astype(np.float32) + (1.0 - alpha) * source
+    out[r0:r1, c0:c1] = np.where(alpha > 0, np.round(blended), source).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def reset_peak_memory(device: str) -> None:
@@ -93,6 +103,30 @@ def inpaint(
 
     Returns one (composited full-size image, metrics) per seed; each equals what a single-seed call gives.
     """
+    raws, metrics, box = denoise(pipe, image, mask, prompt, negative_prompt, steps, guidance, strength, seeds, size,
+                                 device, padding_mask_crop)
+    return [(to_photo(image, raw, mask, box, soft_mask), m) for raw, m in zip(raws, metrics)]
+
+
+def denoise(
+    pipe,
+    image: Image.Image,
+    mask: np.ndarray,
+    prompt: str,
+    negative_prompt: str,
+    steps: int,
+    guidance: float,
+    strength: float,
+    seeds: int | list[int],
+    size: int,
+    device: str = "cpu",
+    padding_mask_crop: int | None = None,
+) -> tuple[list[np.ndarray], list[dict], tuple[int, int, int, int]]:
+    """The model's part of `inpaint`: one batched pipeline call at the working size.
+
+    Returns the raw outputs (float arrays in [0, 1], one per seed), their metrics, and the box of the photo they show;
+    `to_photo` turns each into the full-size result.
+    """
     import torch
 
     seeds = seed_list(seeds)
@@ -135,20 +169,23 @@ def inpaint(
     seconds = (time.perf_counter() - start) / len(seeds)
     peak_mb = peak_memory_mb(device)  # of the whole batched call, shared by its images
 
+    # 3. Measure how far the raw decoder output drifted where it should not have changed anything.
     inside = np.asarray(small_mask) > 127
     reference = np.asarray(small, dtype=np.float32) / 255.0
-    results = []
+    metrics = []
     for raw in raws:
-        # 3. Measure how far the raw decoder output drifted where it should not have changed anything.
         outside_diff = raw[~inside] - reference[~inside]
-        metrics = {
+        metrics.append({
             "seconds": round(seconds, 4),
             "peak_memory_mb": round(peak_mb, 1),
             "drift_mae": round(float(np.abs(outside_diff).mean()), 6) if outside_diff.size else 0.0,
             "drift_psnr": round(psnr(raw[~inside], reference[~inside]), 4),
             "change_inside_mae": round(float(np.abs(raw[inside] - reference[inside]).mean()), 6) if inside.any() else 0.0,
-        }
-        # 4. Paste the generated region back onto the full-size photo.
-        generated = Image.fromarray((np.clip(raw, 0, 1) * 255).round().astype(np.uint8))
-        results.append((composite(image, generated, mask, box, soft_mask), metrics))
-    return results
+        })
+    return list(raws), metrics, box
+
+
+def to_photo(image: Image.Image, raw: np.ndarray, mask: np.ndarray, box, soft_mask: np.ndarray | None = None):
+    """Paste a raw output of `denoise` (the region `box` of the photo) back onto the full-size photo."""
+    generated = Image.fromarray((np.clip(raw, 0, 1) * 255).round().astype(np.uint8))
+    return composite(image, generated, mask, box, soft_mask)

@@ -14,12 +14,13 @@ import math
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException
 from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -34,6 +35,7 @@ STATE = {"bar": None}  # the overall progress bar of this process's multirun
 # process to add up, and generate.py reads failed cells from the views on disk.
 LAUNCHER = {"pid": None, "views": set()}
 WORKER_COUNTS = "sweep_counts.json"
+_ADVANCE_LOCK = threading.Lock()
 
 
 class GridConfigLoader(ConfigLoaderImpl):
@@ -55,18 +57,9 @@ class GridConfigLoader(ConfigLoaderImpl):
         return {**self.__dict__, "_composed": {}}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
-        groups = set(master_config.hydra.runtime.choices)
-        structural = [o for o in parsed if not _plain_value(o, groups)]
-        key = tuple(o.input_line for o in structural)
-        if key not in self._composed:
-            self._composed[key] = super().load_sweep_config(master_config, list(key))
-        cfg = copy.deepcopy(self._composed[key])
-        try:
-            ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if _plain_value(o, groups)], cfg)
-        except OmegaConfBaseException as e:  # as Hydra's load_configuration reports it
-            raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
-        app = [o for o in parsed if not o.is_hydra_override()]
+        groups_key, plain, app = self._split(master_config, sweep_overrides)
+        cfg = copy.deepcopy(self._groups_config(master_config, groups_key))
+        self._apply(plain, cfg)
         with open_dict(cfg.hydra):
             cfg.hydra.overrides.task = [o.input_line for o in app]  # in command-line order, as Hydra lists them
             dirname = cfg.hydra.job.config.override_dirname
@@ -75,6 +68,36 @@ class GridConfigLoader(ConfigLoaderImpl):
             )
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
+
+    def check_batch(self, master_config: DictConfig, batch) -> None:
+        """Raise what composing any job of `batch` would raise, as the sweeper checks before launching. Without a
+        copy of the config per job: the plain values of jobs that share group choices go onto one copy in turn."""
+        scratch: dict[tuple[str, ...], DictConfig] = {}
+        for overrides in batch:
+            groups_key, plain, _ = self._split(master_config, overrides)
+            if groups_key not in scratch:
+                scratch[groups_key] = copy.deepcopy(self._groups_config(master_config, groups_key))
+            self._apply(plain, scratch[groups_key])
+
+    def _split(self, master_config: DictConfig, overrides) -> tuple[tuple[str, ...], list[Override], list[Override]]:
+        """(the group-level overrides as a cache key, the plain value overrides, every non-hydra override)."""
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        groups = set(master_config.hydra.runtime.choices)
+        plain = [o for o in parsed if _plain_value(o, groups)]
+        groups_key = tuple(o.input_line for o in parsed if not _plain_value(o, groups))
+        return groups_key, plain, [o for o in parsed if not o.is_hydra_override()]
+
+    def _groups_config(self, master_config: DictConfig, groups_key: tuple[str, ...]) -> DictConfig:
+        if groups_key not in self._composed:
+            self._composed[groups_key] = super().load_sweep_config(master_config, list(groups_key))
+        return self._composed[groups_key]
+
+    @staticmethod
+    def _apply(plain: list[Override], cfg: DictConfig) -> None:
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(plain, cfg)
+        except OmegaConfBaseException as e:  # as Hydra's load_configuration reports it
+            raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from e
 
 
 def _plain_value(override: Override, groups: set[str]) -> bool:
@@ -137,12 +160,13 @@ def start(total: int) -> None:
 
 
 def advance(status: str) -> None:
-    """Count one finished cell (done / skipped / failed) and move the overall bar."""
-    COUNTS[status] += 1
-    bar = STATE["bar"]
-    if bar is not None:
-        bar.set_postfix(COUNTS, refresh=False)
-        bar.update(1)
+    """Count one finished cell (done / skipped / failed) and move the overall bar; called from any thread."""
+    with _ADVANCE_LOCK:
+        COUNTS[status] += 1
+        bar = STATE["bar"]
+        if bar is not None:
+            bar.set_postfix(COUNTS, refresh=False)
+            bar.update(1)
 
 
 def claim(generate_dir: str | Path) -> None:
@@ -167,10 +191,19 @@ def finish() -> None:
         STATE["bar"] = None
 
 
+def _start_comet_logger(config: DictConfig) -> None:
+    """Start the Comet logger process now, so that it imports comet_ml while this one imports torch."""
+    if config.tracking.comet:
+        from . import tracking
+
+        tracking.start_logger()
+
+
 class SweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         reset_view(config.paths.generate)  # a single run: one cell per case, no progress bar needed
         claim(config.paths.generate)
+        _start_comet_logger(config)
 
     @one_line_errors  # hydra swallows callback exceptions; a bad grid must stop the sweep with one line
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -183,20 +216,28 @@ class SweepCallback(Callback):
         cases_file = Path(config.paths.prepare) / "cases.json"
         cases = len(json.loads(cases_file.read_text())) if cases_file.is_file() else 1
         start(math.prod(len(v) for v in values.values()) * cases)  # jobs x cases, as the basic sweeper makes them
+        _start_comet_logger(config)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        from . import cells
+
+        cells.flush()  # the last cells' files: the bar closes once they are written
         finish()
 
     def on_job_end(self, config: DictConfig, **kwargs) -> None:
         if LAUNCHER["pid"] == os.getpid():
             return  # the basic launcher: this process counts its cells and flushes Comet at exit
-        from . import tracking
+        from . import cells, tracking
         from .images import write_json
 
-        tracking.flush()  # a worker process may be ended as soon as its last job returns
+        cells.flush()  # a worker process may be ended as soon as its last job returns
+        tracking.flush()
         write_json(COUNTS, Path(config.hydra.runtime.output_dir) / WORKER_COUNTS)
         COUNTS.update(done=0, skipped=0, failed=0)  # a joblib worker runs several jobs
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from . import cells
+
+        cells.flush()
         add_worker_counts(config.hydra.sweep.dir)
         finish()
