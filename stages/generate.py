@@ -19,7 +19,7 @@ from inpaint_sweep import cli, sweep, tracking
 from inpaint_sweep.cells import RECORD, load_prepared, run_cell
 from inpaint_sweep.cells import flush as flush_cells
 from inpaint_sweep.config import SWEEP_AXES, check_config
-from inpaint_sweep.model import load_model, set_scheduler
+from inpaint_sweep.model import load_model, set_scheduler, use_cpu_threads
 
 log = logging.getLogger("generate")
 # One id for every job this process runs, so Comet can group a sweep's experiments (override with INPAINT_SWEEP_ID).
@@ -40,6 +40,7 @@ def main(cfg: DictConfig) -> None:
         allow_unsafe_pickle=m.allow_unsafe_pickle, safety_checker=m.safety_checker,
     )  # cached per process by these arguments: a scheduler sweep loads once
     set_scheduler(model, m.scheduler)  # this job's scheduler, on the shared pipeline
+    use_cpu_threads(model.device, m.cpu_threads)
     settings = {
         "steps": cfg.steps,
         "guidance": cfg.guidance,

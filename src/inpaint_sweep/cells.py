@@ -178,9 +178,9 @@ def run_cell(
     }
     # 3. Generate every seed in one call; a failure is recorded, never raised.
     try:
-        image = Image.open(case["image"]).convert("RGB")
-        mask = np.asarray(Image.open(case["mask"])) > 127
-        soft = np.asarray(Image.open(case["soft_mask"]).convert("L")) if case.get("soft_mask") else None
+        image, mask, soft = _case_inputs(case["image"], determinants["image_sha256"], case["mask"],
+                                         determinants["mask_sha256"], case.get("soft_mask"),
+                                         determinants["soft_mask_sha256"])
         raws, metrics, box = denoise(
             model.pipe,
             image,
@@ -224,6 +224,16 @@ def run_cell(
 
     _submit(finish)
     return record, "done"
+
+
+@lru_cache(maxsize=4)
+def _case_inputs(image_path, image_sha, mask_path, mask_sha, soft_path, soft_sha):
+    """A case's photo, mask and soft mask, decoded once per process for all the cells of a sweep (the digests in the
+    key make a changed file load anew). Shared by threads: read only."""
+    image = Image.open(image_path).convert("RGB")
+    mask = np.asarray(Image.open(mask_path)) > 127
+    soft = np.asarray(Image.open(soft_path).convert("L")) if soft_path else None
+    return image, mask, soft
 
 
 def _record_failure(record: dict, error: Exception, view: Path) -> None:

@@ -39,6 +39,7 @@ class ModelConfig:
     scheduler: Optional[str] = None  # null = the checkpoint's own | ddim | pndm | euler | euler_a | dpmpp_2m | unipc
     padding_mask_crop: Optional[int] = None  # inpaint a crop around the mask (+ this many photo pixels) at full size
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+    cpu_threads: Optional[int] = None  # on the CPU: torch's threads; null = all cores but one, which writes images
     dtype: str = "auto"  # auto (float16 on cuda, else float32) | float32 | float16 | bfloat16
     vae_upcast: Optional[bool] = None  # SDXL VAE in float32 for encode/decode (it overflows in fp16); null = checkpoint's
     attention: str = "sdpa"  # sdpa (PyTorch scaled_dot_product_attention, AttnProcessor2_0) | eager (plain matmuls)
@@ -164,6 +165,8 @@ def check_model_config(model: Any) -> None:
         raise ConfigError(f"unknown model.device={device!r}; choose auto, cpu, cuda, cuda:N or mps")
     if model.offload != "none" and device in ("cpu", "mps"):
         raise ConfigError(f"model.offload={model.offload} moves models to a CUDA GPU in turn, got model.device={device}")
+    if model.cpu_threads is not None and model.cpu_threads < 1:
+        raise ConfigError(f"model.cpu_threads must be null or >= 1, got model.cpu_threads={model.cpu_threads}")
     if model.padding_mask_crop is not None and model.padding_mask_crop < 0:
         raise ConfigError(
             f"model.padding_mask_crop must be null or >= 0 pixels, got model.padding_mask_crop={model.padding_mask_crop}"
