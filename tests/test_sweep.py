@@ -72,6 +72,25 @@ def test_sweep_loads_once_reuses_cells_and_the_view_follows_the_grid(tmp_path, p
     assert sorted((r["guidance"], r["strength"]) for r in view(tmp_path)) == [(5.0, 0.75), (5.0, 1.0)]
 
 
+def test_a_pulled_view_seeds_an_empty_cell_store(tmp_path, prepared, model_cache):
+    """A clone that `dvc pull`ed results/generate has the cells in its view but an empty store (the store is not a DVC
+    output): a grid edit there must compute only the new cells."""
+    import shutil
+
+    grid = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "tracking.comet=false"]
+    first = generate(tmp_path, prepared, model_cache, "-m", "guidance=5,7.5", *grid)
+    assert counts(first) == {"computed": 2, "reused": 0, "failed": 0}
+    pulled = {r["cell_id"]: Path(r["images"][0]["path"]).read_bytes() for r in view(tmp_path)}
+    shutil.rmtree(tmp_path / "store")  # what a fresh clone has after `dvc pull`
+
+    edited = generate(tmp_path, prepared, model_cache, "-m", "guidance=5,7.5,12", *grid)
+    assert counts(edited) == {"computed": 1, "reused": 2, "failed": 0}
+    for r in view(tmp_path):
+        if r["cell_id"] in pulled:
+            assert Path(r["images"][0]["path"]).read_bytes() == pulled[r["cell_id"]]
+    assert len(list((tmp_path / "store").glob("*/record.json"))) == 3
+
+
 def test_killed_sweep_resumes_with_only_unfinished_cells(tmp_path, prepared, model_cache):
     args = ["python", "stages/generate.py", "-m", "guidance=1,2,3,4,5", *FIXED_GRID, "hydra.sweeper.params.steps=4",
             "model.size=128", "tracking.comet=false", f"paths.prepare={prepared}", f"paths.generate={tmp_path}/gen",

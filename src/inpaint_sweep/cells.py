@@ -98,6 +98,38 @@ def materialize(stored: Path, view: Path, record: dict) -> dict:
     return record
 
 
+def adopt_view(view_dir: str | Path, store_dir: str | Path) -> int:
+    """Put the view's finished cells the store lacks into it (hard links; copies across filesystems).
+
+    The view (`paths.generate`) is what DVC pushes and pulls; the store is not. A clone that pulled the results
+    therefore starts with an empty store: adopting the view first means a grid edit there computes only new cells.
+    Returns how many cells were adopted.
+    """
+    adopted = 0
+    for record_path in sorted(Path(view_dir).glob(f"cells/*/{RECORD}")):
+        record = read_record(record_path.parent)
+        stored = Path(store_dir) / record_path.parent.name
+        if record is None or record.get("status") != "ok" or read_record(stored) is not None:
+            continue
+        try:
+            stored.mkdir(parents=True, exist_ok=True)
+            images = []
+            for entry in record["images"]:
+                name = Path(entry["path"]).name
+                if not (stored / name).exists():
+                    try:
+                        os.link(record_path.parent / name, stored / name)
+                    except OSError:
+                        shutil.copy2(record_path.parent / name, stored / name)
+                images.append({**entry, "path": str(stored / name)})
+        except OSError as e:  # an image missing from the view: that cell is computed again when needed
+            log.warning("cell %s not adopted into the cell store: %s", stored.name, e)
+            continue
+        write_json({**record, "images": images}, stored / RECORD)  # last: the stored cell is complete
+        adopted += 1
+    return adopted
+
+
 def run_cell(
     model,
     case: dict,

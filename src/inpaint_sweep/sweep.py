@@ -147,7 +147,12 @@ def precheck_command_line(argv: list[str]) -> None:
             OmegaConf.update(base.copy(), key, value, merge=False)
 
 
-def reset_view(generate_dir: str | Path) -> None:
+def reset_view(generate_dir: str | Path, store_dir: str | Path) -> None:
+    """Empty the view for this run's grid, after adopting into the cell store any finished cell it lacks (a clone
+    that `dvc pull`ed its results has them in the view only)."""
+    from .cells import adopt_view
+
+    adopt_view(generate_dir, store_dir)
     for sub in ("cells", "comet"):
         shutil.rmtree(Path(generate_dir) / sub, ignore_errors=True)
 
@@ -201,7 +206,7 @@ def _start_comet_logger(config: DictConfig) -> None:
 
 class SweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        reset_view(config.paths.generate)  # a single run: one cell per case, no progress bar needed
+        reset_view(config.paths.generate, config.paths.cell_store)  # a single run: one cell per case, no bar
         claim(config.paths.generate)
         _start_comet_logger(config)
 
@@ -209,7 +214,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         values = grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task)
         check_grid(config, values)
-        reset_view(config.paths.generate)
+        reset_view(config.paths.generate, config.paths.cell_store)
         claim(config.paths.generate)
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{WORKER_COUNTS}"):
             stale.unlink()
