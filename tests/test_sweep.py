@@ -77,7 +77,7 @@ def test_a_pulled_view_seeds_an_empty_cell_store(tmp_path, prepared, model_cache
     output): a grid edit there must compute only the new cells."""
     import shutil
 
-    grid = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "tracking.comet=false"]
+    grid = [*FIXED_GRID, "tracking.comet=false"]
     first = generate(tmp_path, prepared, model_cache, "-m", "guidance=5,7.5", *grid)
     assert counts(first) == {"computed": 2, "reused": 0, "failed": 0}
     pulled = {r["cell_id"]: Path(r["images"][0]["path"]).read_bytes() for r in view(tmp_path)}
