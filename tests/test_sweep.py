@@ -200,3 +200,51 @@ def test_grid_sweeper_rejects_a_bad_job_as_hydra_does(bad):
             loader.load_sweep_config(master, ["guidance=5", bad])
         messages.append(str(error.value.__cause__ or error.value))
     assert messages[0] == messages[1] and bad.split("=")[0] in messages[0]
+
+
+def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
+    """Same task config, Hydra config, output folders, log files and JobReturns as Hydra's basic launcher; a job that
+    raises is a FAILED JobReturn holding the exception, and the next job still runs."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobStatus
+    from hydra.types import HydraContext, RunMode
+    from hydra_plugins.inpaint_sweep_grid import GridLauncher
+    from omegaconf import OmegaConf
+
+    from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
+    from inpaint_sweep.sweep import GridConfigLoader
+
+    seen = []
+
+    def task(cfg):
+        hydra = HydraConfig.get()
+        seen.append((OmegaConf.to_yaml(cfg), hydra.job.num, hydra.runtime.output_dir, hydra.overrides.task,
+                     OmegaConf.is_struct(cfg), "hydra" in cfg))
+        if cfg.guidance == 12:
+            raise ValueError("bad cell")
+        return cfg.guidance
+
+    results = {}
+    for name, launcher in (("basic", BasicLauncher()), ("grid", GridLauncher())):
+        loader = GridConfigLoader(create_config_search_path(str(REPO_ROOT)))
+        master = loader.load_configuration(CONFIG_NAME, [f"hydra.sweep.dir={tmp_path}/{name}"], RunMode.MULTIRUN)
+        launcher.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()), task_function=task,
+                       config=master)
+        seen.clear()
+        runs = launcher.launch([["guidance=5", "steps=4"], ["guidance=12", "steps=4"], ["guidance=7.5"]], 0)
+        files = sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*") if p.is_file())
+        summary = [(r.status, r.overrides, r.working_dir, r.task_name, OmegaConf.to_yaml(r.cfg),
+                    r.hydra_cfg.hydra.job.num, r.hydra_cfg.hydra.runtime.output_dir) for r in runs]
+        results[name] = (seen[:], summary, files, runs)
+
+    basic, grid = results["basic"], results["grid"]
+    strip = lambda text: text.replace(f"{tmp_path}/basic", "X").replace(f"{tmp_path}/grid", "X")  # noqa: E731
+    assert [tuple(strip(str(x)) for x in s) for s in grid[0]] == [tuple(strip(str(x)) for x in s) for s in basic[0]]
+    assert [tuple(strip(str(x)) for x in s) for s in grid[1]] == [tuple(strip(str(x)) for x in s) for s in basic[1]]
+    assert grid[2] == basic[2] == ["0/UNKNOWN_NAME.log", "1/UNKNOWN_NAME.log", "2/UNKNOWN_NAME.log"]  # a log per job
+    runs = grid[3]
+    assert [r.status for r in runs] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED]
+    assert isinstance(runs[1]._return_value, ValueError) and runs[2].return_value == 7.5
