@@ -84,27 +84,14 @@ def peak_memory_mb(device: str) -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def inpaint(
-    pipe,
-    image: Image.Image,
-    mask: np.ndarray,
-    prompt: str,
-    negative_prompt: str,
-    steps: int,
-    guidance: float,
-    strength: float,
-    seeds: int | list[int],
-    size: int,
-    device: str = "cpu",
-    padding_mask_crop: int | None = None,
-    soft_mask: np.ndarray | None = None,
-) -> list[tuple[Image.Image, dict]]:
-    """Inpaint `mask` (bool, photo size) of `image` once per seed, in one batched pipeline call.
+def inpaint(pipe, image: Image.Image, mask: np.ndarray, *args, soft_mask: np.ndarray | None = None,
+            **kwargs) -> list[tuple[Image.Image, dict]]:
+    """Inpaint `mask` (bool, photo size) of `image` once per seed, in one batched pipeline call: `denoise` (same
+    arguments), then `to_photo` for each seed (blending with `soft_mask` if given).
 
     Returns one (composited full-size image, metrics) per seed; each equals what a single-seed call gives.
     """
-    raws, metrics, box = denoise(pipe, image, mask, prompt, negative_prompt, steps, guidance, strength, seeds, size,
-                                 device, padding_mask_crop)
+    raws, metrics, box = denoise(pipe, image, mask, *args, **kwargs)
     return [(to_photo(image, raw, mask, box, soft_mask), m) for raw, m in zip(raws, metrics)]
 
 
