@@ -88,14 +88,18 @@ def materialize(stored: Path, view: Path, record: dict) -> dict:
         name = Path(entry["path"]).name
         target = view / name
         if not target.exists():
-            try:
-                os.link(stored / name, target)
-            except OSError:  # another filesystem: copy
-                shutil.copy2(stored / name, target)
+            _link_or_copy(stored / name, target)
         images.append({**entry, "path": str(target)})
     record = {**record, "images": images}
     write_json(record, view / RECORD)
     return record
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem: copy
+        shutil.copy2(source, target)
 
 
 def adopt_view(view_dir: str | Path, store_dir: str | Path) -> int:
@@ -117,10 +121,7 @@ def adopt_view(view_dir: str | Path, store_dir: str | Path) -> int:
             for entry in record["images"]:
                 name = Path(entry["path"]).name
                 if not (stored / name).exists():
-                    try:
-                        os.link(record_path.parent / name, stored / name)
-                    except OSError:
-                        shutil.copy2(record_path.parent / name, stored / name)
+                    _link_or_copy(record_path.parent / name, stored / name)
                 images.append({**entry, "path": str(stored / name)})
         except OSError as e:  # an image missing from the view: that cell is computed again when needed
             log.warning("cell %s not adopted into the cell store: %s", stored.name, e)
