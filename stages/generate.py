@@ -5,7 +5,6 @@
     python stages/generate.py -m guidance=5,7.5,12 # replace one axis of that grid
 """
 
-import json
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from inpaint_sweep import cli, sweep, tracking
-from inpaint_sweep.cells import RECORD, load_prepared, run_cell
+from inpaint_sweep.cells import RECORD, load_prepared, read_record, run_cell
 from inpaint_sweep.cells import flush as flush_cells
 from inpaint_sweep.config import SWEEP_AXES, check_config
 from inpaint_sweep.model import load_model, set_scheduler, use_cpu_threads
@@ -73,8 +72,8 @@ def _axes(settings: dict) -> str:
 
 def _failed_cells(out: Path) -> list[str]:
     """Failed cells in the view, read from disk so that cells run by any launcher's workers count."""
-    records = (json.loads(p.read_text()) for p in sorted(out.glob(f"cells/*/{RECORD}")))
-    return [r["cell_id"] for r in records if r.get("status") == "failed"]
+    records = (read_record(p.parent) for p in sorted(out.glob(f"cells/*/{RECORD}")))
+    return [r["cell_id"] for r in records if r is not None and r.get("status") == "failed"]
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def outside_equal_inside_changed(photo, mask, out):
         (["model.dtype=int8"], "unknown model.dtype='int8'"),
         (["model.device=tpu"], "unknown model.device='tpu'"),
         (["model.pipeline=flux"], "unknown model.pipeline='flux'"),
+        (["model.cpu_threads=0"], "model.cpu_threads must be null or >= 1, got model.cpu_threads=0"),
         (["model.padding_mask_crop=-4"], "model.padding_mask_crop must be null or >= 0 pixels, got model.padding_mask_crop=-4"),
         (["model.offload=model", "model.device=cpu"], "model.offload=model moves models to a CUDA GPU in turn, got model.device=cpu"),
         (["model=single_file", "model.id=/models/v1-5-inpainting.ckpt"], "loads a .safetensors file, got model.id='/models/v1-5-inpainting.ckpt'"),
@@ -67,6 +68,22 @@ def test_bad_model_settings_are_named(overrides, words):
         check_config(load_config(overrides))
     assert words in str(e.value)
     assert str(e.value).count("\n") == 0
+
+
+def test_cpu_threads_leave_a_core_for_writing_unless_told(monkeypatch):
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        cores = len(os.sched_getaffinity(0))
+        assert model_module.use_cpu_threads("cpu", None) == max(1, cores - 1) == torch.get_num_threads()
+        assert model_module.use_cpu_threads("cpu", 3) == 3 == torch.get_num_threads()
+        assert model_module.use_cpu_threads("cuda", None) is None and torch.get_num_threads() == 3  # a GPU: untouched
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert model_module.use_cpu_threads("cpu", None) is None and torch.get_num_threads() == 3  # the user's say
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_hub_presets_name_checkpoint_revision_and_size():
