@@ -61,7 +61,7 @@ def main() -> None:
     from diffusers import AutoPipelineForInpainting
 
     from inpaint_sweep.inpaint import inpaint
-    from inpaint_sweep.model import pick_device
+    from inpaint_sweep.model import resolve_device
     from inpaint_sweep.tiny_model import build_tiny_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=3, help="grid cells (each a different guidance)")
     parser.add_argument("--seeds", type=int, default=4, help="images per cell")
     args = parser.parse_args()
-    device = pick_device("auto")
+    device = resolve_device("auto")
     engine_dtype = torch.float16 if device == "cuda" else torch.float32
 
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), dtype=np.uint8))

@@ -176,6 +176,44 @@ def check_model_config(model: Any) -> None:
         raise ConfigError(f"model.id is required for model.source={model.source}: {what}, e.g. model.id=/path/to/it")
     if model.source == "single_file" and not str(model.id).endswith(".safetensors"):
         raise ConfigError(f"model.source=single_file loads a .safetensors file, got model.id={model.id!r}")
+    if model.vae_upcast is not None and not _is_sdxl(model):
+        raise ConfigError(f"model.vae_upcast={model.vae_upcast} needs an SDXL checkpoint (diffusers upcasts only its "
+                          f"VAE), got model.{'source=tiny' if model.source == 'tiny' else f'id={model.id!r}'}; "
+                          "leave it null")
+    if device.startswith("cuda") and not _cuda_devices(int(device[5:] or 0) + 1):
+        raise ConfigError(f"model.device={device} but this machine has no such CUDA device; use model.device=auto or cpu")
+    if device == "mps" and not _mps_available():
+        raise ConfigError("model.device=mps but this machine has no Apple GPU (MPS); use model.device=auto or cpu")
+
+
+def _is_sdxl(model: Any) -> bool:
+    """Whether the checkpoint is SDXL, read from its files without loading it (hub ids: from the preset's name)."""
+    if model.source == "single_file":
+        return model.pipeline == "sdxl"
+    if model.source == "tiny":
+        return False
+    index = Path(str(model.id)) / "model_index.json"
+    if index.is_file():
+        return "XL" in index.read_text()
+    return "xl" in str(model.id).lower()
+
+
+def _cuda_devices(needed: int) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() >= needed
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def model_config(source: str, **settings) -> DictConfig:
+    """A typed model config, as a preset would give (for tests and benchmarks): model_config("tiny", size=64)."""
+    settings.setdefault("name", source)
+    return OmegaConf.structured(ModelConfig(source=source, **settings))
 
 
 def check_mask_config(mask: Any) -> None:

@@ -91,7 +91,7 @@ def inpaint(pipe, image: Image.Image, mask: np.ndarray, *args, soft_mask: np.nda
 
     Returns one (composited full-size image, metrics) per seed; each equals what a single-seed call gives.
     """
-    raws, metrics, box = denoise(pipe, image, mask, *args, **kwargs)
+    raws, metrics, box, _ = denoise(pipe, image, mask, *args, **kwargs)
     return [(to_photo(image, raw, mask, box, soft_mask), m) for raw, m in zip(raws, metrics)]
 
 
@@ -108,11 +108,12 @@ def denoise(
     size: int,
     device: str = "cpu",
     padding_mask_crop: int | None = None,
-) -> tuple[list[np.ndarray], list[dict], tuple[int, int, int, int]]:
+) -> tuple[list[np.ndarray], list[dict], tuple[int, int, int, int], list[bool | None]]:
     """The model's part of `inpaint`: one batched pipeline call at the working size.
 
-    Returns the raw outputs (float arrays in [0, 1], one per seed), their metrics, and the box of the photo they show;
-    `to_photo` turns each into the full-size result.
+    Returns the raw outputs (float arrays in [0, 1], one per seed), their metrics, the box of the photo they show,
+    and the safety checker's verdict per image (None without a checker; a flagged image comes back black);
+    `to_photo` turns each raw output into the full-size result.
     """
     import torch
 
@@ -140,7 +141,7 @@ def denoise(
     # The batch repeats prompt, image and mask instead of using num_images_per_prompt: diffusers VAE-encodes a
     # single image with the first generator only, so image i would not equal a single-seed run of seed i.
     n = len(seeds)
-    raws = pipe(
+    output = pipe(
         prompt=[prompt] * n,
         negative_prompt=[negative_prompt] * n if negative_prompt else None,
         image=[small] * n,
@@ -152,7 +153,10 @@ def denoise(
         strength=float(strength),
         generator=generators,
         output_type="np",
-    ).images
+    )
+    raws = output.images
+    flagged = getattr(output, "nsfw_content_detected", None)
+    nsfw = [bool(f) for f in flagged] if flagged is not None else [None] * n
     seconds = (time.perf_counter() - start) / len(seeds)
     peak_mb = peak_memory_mb(device)  # of the whole batched call, shared by its images
 
@@ -169,7 +173,7 @@ def denoise(
             "drift_psnr": round(psnr(raw[~inside], reference[~inside]), 4),
             "change_inside_mae": round(float(np.abs(raw[inside] - reference[inside]).mean()), 6) if inside.any() else 0.0,
         })
-    return list(raws), metrics, box
+    return list(raws), metrics, box, nsfw
 
 
 def to_photo(image: Image.Image, raw: np.ndarray, mask: np.ndarray, box, soft_mask: np.ndarray | None = None):

@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
-LOAD_COUNT = 0  # pipelines built in this process; tests assert a whole multirun loads exactly one
-_CACHE: dict[tuple, "LoadedModel"] = {}
 
 # model.scheduler -> (diffusers class, settings over the checkpoint's scheduler config)
 SCHEDULER_CLASSES = {
@@ -39,15 +37,15 @@ class LoadedModel:
     revision: str
     device: str
     dtype: str
-    settings: dict = field(default_factory=dict)  # load settings that can change pixels: part of every cell's identity
     default_scheduler: object = None  # the checkpoint's own scheduler, restored by set_scheduler(model, None)
 
 
-def pick_device(device: str = "auto") -> str:
-    import torch
-
+def resolve_device(device: str = "auto") -> str:
+    """The device `model.device` means here: auto -> cuda if available, else mps, else cpu."""
     if device != "auto":
         return device
+    import torch
+
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -74,14 +72,17 @@ def use_cpu_threads(device: str, threads: int | None) -> int | None:
     return threads
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype `model.dtype` means on `device`: auto -> float16 on CUDA, else float32."""
+    if dtype == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
 def pick_dtype(dtype: str, device: str):
     import torch
 
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ConfigError(f"model.dtype must be auto, float32, float16 or bfloat16, got model.dtype={dtype!r}")
-    return getattr(torch, dtype)
+    return getattr(torch, resolve_dtype(dtype, device))
 
 
 def _quiet() -> None:
@@ -175,59 +176,31 @@ def _apply_settings(pipe, device: str, vae_upcast, attention, channels_last, com
         pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
 
 
-def load_model(
-    source: str,
-    id: str | None = None,
-    revision: str | None = None,
-    variant: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    seed: int = 0,
-    cache_dir: str = ".cache/models",
-    config: str | None = None,
-    pipeline: str = "sd",
-    vae_upcast: bool | None = None,
-    attention: str = "sdpa",
-    channels_last: bool = True,
-    compile_unet: bool = False,
-    offload: str = "none",
-    vae_tiling: bool = False,
-    vae_slicing: bool = False,
-    allow_unsafe_pickle: bool = False,
-    safety_checker: bool = True,
-) -> LoadedModel:
-    """Build the pipeline, or return the one this process already built with the same arguments.
+def load_model(model) -> LoadedModel:
+    """Build the pipeline `model` (a model config: conf/model/<preset>.yaml over the schema) describes.
 
-    The scheduler is not a load argument: set_scheduler swaps it on the loaded pipeline, so a scheduler sweep
-    loads the checkpoint once.
+    The scheduler is not a load setting: set_scheduler swaps it on the loaded pipeline, so a scheduler sweep loads
+    the checkpoint once. Callers keep the loaded model (the sweep runner holds one at a time).
     """
-    global LOAD_COUNT
-    key = (source, id, revision, variant, dtype, device, seed, str(cache_dir), config, pipeline, vae_upcast, attention,
-           channels_last, compile_unet, offload, vae_tiling, vae_slicing, allow_unsafe_pickle, safety_checker)
-    if key in _CACHE:
-        return _CACHE[key]
-
-    # 1. Device and dtype; offload needs a CUDA device to move models to.
+    # 1. Device and dtype (the config was validated: config.check_config).
     start = time.perf_counter()
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    if offload != "none" and not device.startswith("cuda"):
-        raise ConfigError(f"model.offload={offload} moves models to a CUDA GPU in turn, got model.device={device}")
+    device = resolve_device(model.device)
+    torch_dtype = pick_dtype(model.dtype, device)
+    source, id = model.source, model.id
 
     # 2. Load the weights.
     if source == "tiny":
         from .tiny_model import TINY_MODEL_VERSION, ensure_tiny_checkpoint
 
-        folder = ensure_tiny_checkpoint(cache_dir, seed)
-        pipe = _from_pretrained(str(folder), None, None, torch_dtype)
-        model_id, revision = "builtin/tiny-sd-inpaint", f"v{TINY_MODEL_VERSION}-seed{seed}"
+        folder = ensure_tiny_checkpoint(model.cache_dir, model.seed)
+        pipe = _from_pretrained(str(folder), None, None, torch_dtype, safety_checker=model.safety_checker)
+        model_id, revision = "builtin/tiny-sd-inpaint", f"v{TINY_MODEL_VERSION}-seed{model.seed}"
     elif source == "pretrained":
-        if not id:
-            raise ConfigError("model.id is required for a pretrained model: a hub id or a local folder")
         try:
-            pipe = _from_pretrained(id, revision, variant, torch_dtype, allow_unsafe_pickle, safety_checker)
+            pipe = _from_pretrained(id, model.revision, model.variant, torch_dtype, model.allow_unsafe_pickle,
+                                    model.safety_checker)
         except (OSError, ValueError) as e:
-            pickled = _pickle_only_components(id) if Path(id).is_dir() and not allow_unsafe_pickle else []
+            pickled = _pickle_only_components(id) if Path(id).is_dir() and not model.allow_unsafe_pickle else []
             if pickled:
                 raise ConfigError(
                     f"model.id={id!r} holds only pickle weights (.bin/.ckpt) for {', '.join(pickled)}, which can run "
@@ -241,38 +214,22 @@ def load_model(
                 f"{os.environ.get('HF_HUB_OFFLINE')}); point model=local model.id=/path/to/folder "
                 "at a downloaded checkpoint, or set HF_HUB_OFFLINE=0 with a hub connection to download it"
             ) from None
-        model_id, revision = id, revision or "local"
-    elif source == "single_file":
-        if not id:
-            raise ConfigError("model.id is required for a single file: the path of a .safetensors file")
-        if Path(id).suffix != ".safetensors" and not allow_unsafe_pickle:
+        model_id, revision = id, model.revision or "local"
+    else:  # single_file
+        if Path(id).suffix != ".safetensors" and not model.allow_unsafe_pickle:
             raise ConfigError(
                 f"model.id={id!r} is not a .safetensors file; pickle checkpoints (.ckpt/.bin) can run arbitrary code "
                 "when loaded: convert it, or set model.allow_unsafe_pickle=true if you trust its source"
             )
-        pipe = _from_single_file(id, config, pipeline, torch_dtype)
-        model_id, revision = id, revision or Path(id).name
-    else:
-        raise ConfigError(f"unknown model.source={source!r}; choose tiny, pretrained or single_file")
+        pipe = _from_single_file(id, model.config, model.pipeline, torch_dtype)
+        model_id, revision = id, model.revision or Path(id).name
 
     # 3. Device, precision, attention, memory format and memory savers.
-    _apply_settings(pipe, device, vae_upcast, attention, channels_last, compile_unet, offload, vae_tiling, vae_slicing)
+    _apply_settings(pipe, device, model.vae_upcast, model.attention, model.channels_last, model.compile_unet,
+                    model.offload, model.vae_tiling, model.vae_slicing)
     pipe.set_progress_bar_config(disable=True)  # the sweep has its own progress line
-    LOAD_COUNT += 1
     log.info("loaded model %s@%s on %s (%s) in %.1fs", model_id, revision, device, torch_dtype, time.perf_counter() - start)
-    settings = {
-        "device": device,
-        "vae_upcast": bool(getattr(pipe.vae.config, "force_upcast", False)) if hasattr(pipe, "text_encoder_2") else None,
-        "attention": attention,
-        "channels_last": channels_last,
-        "compile_unet": compile_unet,
-        "offload": offload,
-        "vae_tiling": vae_tiling,
-        "vae_slicing": vae_slicing,
-    }
-    loaded = LoadedModel(pipe, model_id, revision, device, str(torch_dtype).removeprefix("torch."), settings, pipe.scheduler)
-    _CACHE[key] = loaded
-    return loaded
+    return LoadedModel(pipe, model_id, revision, device, str(torch_dtype).removeprefix("torch."), pipe.scheduler)
 
 
 def set_scheduler(model: LoadedModel, name: str | None) -> str:
@@ -283,8 +240,6 @@ def set_scheduler(model: LoadedModel, name: str | None) -> str:
     if name is None:
         model.pipe.scheduler = model.default_scheduler
     else:
-        if name not in SCHEDULER_CLASSES:
-            raise ConfigError(f"unknown model.scheduler={name!r}; choose null or one of {', '.join(SCHEDULER_CLASSES)}")
         class_name, overrides = SCHEDULER_CLASSES[name]
         cls = getattr(diffusers, class_name)
         model.pipe.scheduler = cls.from_config(model.default_scheduler.config, **overrides)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .cells import RECORD
+from .records import RECORD
 from .config import SWEEP_AXES, ConfigError
 from .images import fmt, labelled_grid, save_image, write_json
 from .inpaint import seed_list

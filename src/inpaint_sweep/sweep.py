@@ -1,20 +1,19 @@
-"""Sweep book-keeping for the generate Hydra app: a fresh view per run, an overall progress bar, a failure count.
+"""The generate Hydra app's grid: validating it whole before anything is touched, composing its jobs cheaply, and
+the callback that starts and feeds the process's sweep runner (runner.py).
 
-`SweepCallback` is registered in params.yaml (hydra.callbacks). At the start of a run or multirun it empties the
-view folder (paths.generate/cells), so the view holds exactly the cells of this grid; finished cells come back from
-the cell store without being recomputed.
+`SweepCallback` is registered in params.yaml (hydra.callbacks). At the start of a run or multirun it checks the
+whole command line, config and grid (every combination), then takes the view's lock and makes the runner; only then
+is anything written. The runner removes the cells of other grids from the view once the run has completed.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import os
-import shutil
 import sys
-import threading
+import time
 from pathlib import Path
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -28,14 +27,6 @@ from omegaconf.errors import OmegaConfBaseException
 from .cli import one_line_errors
 from .config import check_config
 
-COUNTS = {"done": 0, "skipped": 0, "failed": 0}
-STATE = {"bar": None}  # the overall progress bar of this process's multirun
-# The process that started the run and the view folders it emptied. Launchers such as joblib and submitit run the jobs
-# in other processes: each such job writes its counts to WORKER_COUNTS in its Hydra job folder for the launching
-# process to add up, and generate.py reads failed cells from the views on disk.
-LAUNCHER = {"pid": None, "views": set()}
-WORKER_COUNTS = "sweep_counts.json"
-_ADVANCE_LOCK = threading.Lock()
 
 
 class GridConfigLoader(ConfigLoaderImpl):
@@ -147,102 +138,58 @@ def precheck_command_line(argv: list[str]) -> None:
             OmegaConf.update(base.copy(), key, value, merge=False)
 
 
-def reset_view(generate_dir: str | Path, store_dir: str | Path) -> None:
-    """Empty the view for this run's grid, after adopting into the cell store any finished cell it lacks (a clone
-    that `dvc pull`ed its results has them in the view only)."""
-    from .cells import adopt_view
-
-    adopt_view(generate_dir, store_dir)
-    for sub in ("cells", "comet"):
-        shutil.rmtree(Path(generate_dir) / sub, ignore_errors=True)
+def sweep_id() -> str:
+    """One id for every job of this sweep, in every process, so Comet can group its experiments (override with
+    INPAINT_SWEEP_ID); set in the environment, so launchers' worker processes inherit it."""
+    return os.environ.setdefault("INPAINT_SWEEP_ID", time.strftime("%Y%m%d-%H%M%S"))
 
 
-def start(total: int) -> None:
-    from tqdm.auto import tqdm
+def _begin(config: DictConfig, total_cells: int | None) -> None:
+    """After validation: lock the view, make the runner, adopt the view's cells the store lacks, start Comet."""
+    from . import runner
 
-    COUNTS.update(done=0, skipped=0, failed=0)
-    STATE["bar"] = tqdm(total=total, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
-
-
-def advance(status: str) -> None:
-    """Count one finished cell (done / skipped / failed) and move the overall bar; called from any thread."""
-    with _ADVANCE_LOCK:
-        COUNTS[status] += 1
-        bar = STATE["bar"]
-        if bar is not None:
-            bar.set_postfix(COUNTS, refresh=False)
-            bar.update(1)
+    run = runner.start(config, sweep_id(), total_cells)
+    run.store.adopt(config.paths.generate)
+    if run.logger:
+        run.logger.start()  # imports comet_ml while this process imports torch
 
 
-def claim(generate_dir: str | Path) -> None:
-    LAUNCHER["pid"] = os.getpid()
-    LAUNCHER["views"].add(Path(generate_dir))
+def _check_inputs(config: DictConfig) -> int:
+    """The prepared cases exist; returns how many."""
+    from .records import load_prepared
 
-
-def add_worker_counts(sweep_dir: str | Path) -> None:
-    """Add up the counts of jobs that ran in other processes, and move the bar by as many cells."""
-    for path in sorted(Path(sweep_dir).glob(f"**/{WORKER_COUNTS}")):
-        for status, n in json.loads(path.read_text()).items():
-            COUNTS[status] += n
-            if STATE["bar"] is not None:
-                STATE["bar"].update(n)
-    if STATE["bar"] is not None:
-        STATE["bar"].set_postfix(COUNTS, refresh=False)
-
-
-def finish() -> None:
-    if STATE["bar"] is not None:
-        STATE["bar"].close()
-        STATE["bar"] = None
-
-
-def _start_comet_logger(config: DictConfig) -> None:
-    """Start the Comet logger process now, so that it imports comet_ml while this one imports torch."""
-    if config.tracking.comet:
-        from . import tracking
-
-        tracking.start_logger()
+    return len(load_prepared(config.paths.prepare))
 
 
 class SweepCallback(Callback):
+    @one_line_errors  # hydra swallows callback exceptions; a bad value must stop the run with one line
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        reset_view(config.paths.generate, config.paths.cell_store)  # a single run: one cell per case, no bar
-        claim(config.paths.generate)
-        _start_comet_logger(config)
+        check_config(config)
+        _check_inputs(config)
+        _begin(config, None)  # a single run: one cell per case, no bar
 
-    @one_line_errors  # hydra swallows callback exceptions; a bad grid must stop the sweep with one line
+    @one_line_errors
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from .runner import JOB_REPORT
+
         values = grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task)
         check_grid(config, values)
-        reset_view(config.paths.generate, config.paths.cell_store)
-        claim(config.paths.generate)
-        for stale in Path(config.hydra.sweep.dir).glob(f"**/{WORKER_COUNTS}"):
+        cases = _check_inputs(config)
+        for stale in Path(config.hydra.sweep.dir).glob(f"**/{JOB_REPORT}"):
             stale.unlink()
-        cases_file = Path(config.paths.prepare) / "cases.json"
-        cases = len(json.loads(cases_file.read_text())) if cases_file.is_file() else 1
-        start(math.prod(len(v) for v in values.values()) * cases)  # jobs x cases, as the basic sweeper makes them
-        _start_comet_logger(config)
-
-    def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from . import cells
-
-        cells.flush()  # the last cells' files: the bar closes once they are written
-        finish()
+        _begin(config, math.prod(len(v) for v in values.values()) * cases)
 
     def on_job_end(self, config: DictConfig, **kwargs) -> None:
-        if LAUNCHER["pid"] == os.getpid():
-            return  # the basic launcher: this process counts its cells and flushes Comet at exit
-        from . import cells, tracking
-        from .images import write_json
+        from . import runner
 
-        cells.flush()  # a worker process may be ended as soon as its last job returns
-        tracking.flush()
-        write_json(COUNTS, Path(config.hydra.runtime.output_dir) / WORKER_COUNTS)
-        COUNTS.update(done=0, skipped=0, failed=0)  # a joblib worker runs several jobs
+        run = runner.current(config, sweep_id())
+        if run.pid == os.getpid() and run is not runner.launching():
+            run.write_job_report(config.hydra.runtime.output_dir)  # a worker: its process may end any moment
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from . import cells
+        from . import runner
 
-        cells.flush()
-        add_worker_counts(config.hydra.sweep.dir)
-        finish()
+        run = runner.launching()
+        if run is not None:
+            run.flush()
+            run.add_worker_reports(config.hydra.sweep.dir)

@@ -14,16 +14,12 @@ import os
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .images import write_json
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # the stage prints one upload hint, not one per cell
-
-_LOCK = threading.Lock()
-
 
 def is_online(offline_setting: bool) -> bool:
     """Log online only with a key, unless told not to, and only while the server answers and accepts the key."""
@@ -138,69 +134,111 @@ def _create_experiment(online: bool, offline_dir, settings: dict):
         return experiment
 
 
-# The logger: a child process (`python -m inpaint_sweep.tracking`) fed one JSON line per experiment on its stdin.
-# A separate process, not a thread, so Comet's Python work never competes with generation for the GIL; and since it
-# outlives a crash of the stage (it finishes what it was sent once its stdin closes), nothing sent is lost.
-_LOGGER: dict = {"process": None}
+# The logger: a child process (`python -m inpaint_sweep.tracking`) fed one JSON line per experiment on its stdin, and
+# answering one JSON line per experiment on its stdout ({"id", "where"} or {"id", "error"}). A separate process, not a
+# thread, so Comet's Python work never competes with generation for the GIL. It writes nothing of ours: the sweep
+# runner stores each archive with its cell and writes the record (records.py), once the answer comes.
 
 
-def start_logger() -> None:
-    """Start the logger now (it imports comet_ml, about a second) so it is ready when the first cell finishes."""
-    with _LOCK:
-        if _LOGGER["process"] is None:
-            _LOGGER["process"] = subprocess.Popen(
-                [sys.executable, "-m", "inpaint_sweep.tracking"], stdin=subprocess.PIPE, text=True
-            )
+class CometLogger:
+    """The parent's end of the logger process; owned by the sweep runner. `submit` returns a Future of where the
+    experiment went (an archive path or a URL)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process = None
+        self._pending: dict[int, Future] = {}
+        self._next = 0
+        self._reader = None
+
+    def start(self) -> None:
+        """Start the process now (it imports comet_ml, about a second) so it is ready when the first cell is."""
+        with self._lock:
+            if self._process is None:
+                self._process = subprocess.Popen([sys.executable, "-m", "inpaint_sweep.tracking"],
+                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True,
+                                                name="comet-answers")
+                self._reader.start()
+
+    def submit(self, job: dict) -> Future:
+        """Log one experiment (log_cell's keyword arguments) or, with `upload`, upload one offline archive."""
+        self.start()
+        future: Future = Future()
+        with self._lock:
+            self._next += 1
+            self._pending[self._next] = future
+            self._process.stdin.write(json.dumps({**job, "id": self._next}) + "\n")
+            self._process.stdin.flush()
+        return future
+
+    def _read(self, process) -> None:
+        for line in process.stdout:
+            answer = json.loads(line)
+            with self._lock:
+                future = self._pending.pop(answer["id"])
+            if answer.get("error"):
+                future.set_exception(RuntimeError(answer["error"]))
+            else:
+                future.set_result(answer["where"])
+        with self._lock:  # the process ended: whatever it did not answer failed
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(RuntimeError("the Comet logger process ended before logging this experiment"))
+
+    def close(self) -> None:
+        """Wait until every experiment sent is answered, then let the process end."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is None:
+            return
+        process.stdin.close()
+        process.wait()
+        self._reader.join()
 
 
-def submit(job: dict) -> None:
-    """Hand one experiment (log_cell's keyword arguments, plus `records`: record.json files to note where the log
-    went) to the logger process."""
-    start_logger()
-    with _LOCK:
-        _LOGGER["process"].stdin.write(json.dumps(job) + "\n")
-        _LOGGER["process"].stdin.flush()
+def upload_archive(archive: str) -> str:
+    """Upload an offline archive with comet_ml's own offline uploader; returns the experiment's key."""
+    from comet_ml.offline import upload_single_offline_experiment
+    from comet_ml.offline_utils import extract_experiment_key_from_offline_file
+
+    if not upload_single_offline_experiment(archive, os.environ["COMET_API_KEY"], force_upload=False,
+                                            display_level="error"):
+        raise RuntimeError(f"comet_ml did not upload {archive}")
+    return extract_experiment_key_from_offline_file(archive)
 
 
-def flush() -> int:
-    """Wait until every experiment sent is logged; return how many failed (the logger warns once for each)."""
-    with _LOCK:
-        process, _LOGGER["process"] = _LOGGER["process"], None
-    if process is None:
-        return 0
-    process.stdin.close()
-    return process.wait()  # the logger exits with its number of failures (capped at 100)
-
-
-def _log_and_note(job: dict) -> None:
-    records = job.pop("records", [])
-    where = log_cell(**job)
-    where = where if where.startswith("http") else os.path.relpath(where)
-    for path in records:  # each record learns where its Comet log went
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            continue
-        write_json({**record, "comet": where}, path)
+def _answer(job: dict) -> dict:
+    job_id = job.pop("id")
+    try:
+        if "upload" in job:
+            return {"id": job_id, "where": f"uploaded:{upload_archive(job['upload'])}"}
+        return {"id": job_id, "where": log_cell(**job)}
+    except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
+        return {"id": job_id, "error": f"{type(e).__name__}: {e}"}
 
 
 def _serve() -> int:
-    """The logger process: log each experiment read from stdin, several at once; at end of input, wait for all."""
+    """The logger process: log each experiment read from stdin, several at once, answering each on stdout."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage; what it already sent is still logged
-    failed = 0
+    out, out_lock = sys.stdout, threading.Lock()
+    sys.stdout = sys.stderr  # comet_ml's own prints must not mix with the answers
+
+    def work(line: str) -> None:
+        answer = _answer(json.loads(line))
+        with out_lock:
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
+
     # Several at once: an experiment spends most of its time waiting (on the server, or on comet_ml's writer thread),
     # so parallel experiments overlap those waits.
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="comet-log") as pool:
-        futures = [pool.submit(_log_and_note, json.loads(line)) for line in sys.stdin if line.strip()]
-        for future in futures:
-            try:
-                future.result()
-            except Exception as e:  # tracking must never cost a computed cell
-                failed += 1
-                log.warning("comet logging failed: %s", e)
-    return min(failed, 100)
+        for line in sys.stdin:
+            if line.strip():
+                pool.submit(work, line)
+    return 0
 
 
 if __name__ == "__main__":

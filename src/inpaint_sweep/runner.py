@@ -1,0 +1,426 @@
+"""The sweep runner: the one owner of a generate process's state.
+
+A `SweepRunner` holds the cell store and its view, the loaded model (one at a time), the finisher threads that
+composite and write computed cells beside the next cell's denoising, the Comet logger process, the counters and the
+progress bar; `close()` flushes them all once. The Hydra callback (sweep.py) makes the launching process's runner
+after the whole command line, config and grid are valid; a launcher's worker process makes its own on its first job.
+
+A value's path, e.g. `guidance`: the command line -> Hydra's job config -> `SweepRunner.run_job(cfg)` ->
+`inpaint.denoise(guidance=cfg.guidance)` -> `pipe(guidance_scale=...)`, and into the record's `config` and `guidance`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+
+from . import tracking
+from .config import SWEEP_AXES
+from .identity import Digests, _flatten, cell_id, cell_identity, generation_config, model_fingerprint
+from .images import save_image, write_json
+from .inpaint import denoise, seed_list, to_photo, working_size
+from .provenance import code_version
+from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, write_record
+from .store import CellStore, ViewLock, prune, show, view_paths, write_failed
+
+log = logging.getLogger(__name__)
+JOB_REPORT = "job_cells.json"  # a worker process's cells and counts, in its Hydra job folder, for the launcher
+STATUSES = ("done", "skipped", "failed")
+
+
+class SweepRunner:
+    def __init__(self, cfg, sweep_id: str, total_cells: int | None = None, lock: bool = True) -> None:
+        self.view = Path(cfg.paths.generate)
+        self.store = CellStore(cfg.paths.cell_store)
+        self.sweep_id = sweep_id
+        self.pid = os.getpid()
+        self.launcher = lock  # the launching process's runner (it owns the view); False in a launcher's worker
+        self.counts = dict.fromkeys(STATUSES, 0)
+        self.cells: set[str] = set()  # every cell this run put in the view
+        self.failed: list[str] = []
+        self.digests = Digests(self.store.root / ".digests.json")
+        self.logger = tracking.CometLogger() if cfg.tracking.comet else None
+        self.online = None  # whether Comet logs go online: asked once, at the first cell that logs
+        self._lock = threading.Lock()
+        self._lock_file = ViewLock(self.view) if lock else None
+        self._loaded: tuple[str, object] | None = None  # (load settings, LoadedModel): one pipeline resident
+        self._fingerprints: dict[str, tuple[str, str]] = {}
+        self._cases: dict[str, list[PreparedCase]] = {}
+        self._inputs: dict[tuple, tuple] = {}
+        # Finishing computed cells: one thread per two CPU cores (at most 4), at most twice as many cells waiting, so
+        # a fast GPU cannot pile up images in memory faster than they are written.
+        workers = max(1, min(4, (os.cpu_count() or 2) // 2))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="finish-cell")
+        self._waiting = threading.BoundedSemaphore(2 * workers)
+        self._futures: list[Future] = []
+        self._bar = None
+        if total_cells is not None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_cells, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
+        if self._lock_file:
+            self._lock_file.acquire()
+
+    # -- the job ------------------------------------------------------------------------------------------------------
+
+    def run_job(self, cfg) -> None:
+        """Make every case's cell for this job's settings available in the view, computing only what the store lacks."""
+        generation = generation_config(cfg)
+        fingerprint, revision = self.fingerprint(cfg.model)
+        settings = _settings(cfg)
+        for case in self.prepared(cfg.paths.prepare):
+            identity = cell_identity(generation, fingerprint, case, self.digests)
+            cid = cell_id(case.id, identity)
+            self.cells.add(cid)
+            record = self.store.get(cid)
+            if record is not None:
+                self._reuse(record, cfg)
+                continue
+            record = _new_record(cid, case, cfg, settings, identity, revision, self.sweep_id)
+            self._compute(record, case, cfg)
+
+    def prepared(self, prepare_dir: str) -> list[PreparedCase]:
+        if prepare_dir not in self._cases:
+            self._cases[prepare_dir] = load_prepared(prepare_dir)
+        return self._cases[prepare_dir]
+
+    def fingerprint(self, model) -> tuple[str, str]:
+        key = OmegaConf.to_yaml(model)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = model_fingerprint(model, self.digests)
+        return self._fingerprints[key]
+
+    def model(self, model_cfg):
+        """The loaded pipeline for `model_cfg`, with its scheduler set; loading it releases the previous one."""
+        from .model import load_model, set_scheduler, use_cpu_threads
+
+        settings = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k not in ("scheduler", "name")}
+        key = repr(sorted(settings.items()))
+        if self._loaded is None or self._loaded[0] != key:
+            self.release_model()
+            loaded = load_model(model_cfg)
+            use_cpu_threads(loaded.device, model_cfg.cpu_threads)
+            self._loaded = (key, loaded)
+        loaded = self._loaded[1]
+        set_scheduler(loaded, model_cfg.scheduler)
+        return loaded
+
+    def release_model(self) -> None:
+        if self._loaded is None:
+            return
+        device = self._loaded[1].device
+        self._loaded = None
+        gc.collect()
+        if str(device).startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _reuse(self, record: dict, cfg) -> None:
+        """A stored cell: shown in the view; logged to Comet now if it never was (or uploaded, if it was logged
+        offline and Comet is online now)."""
+        job = self._tracking_job(record, cfg) if self.logger else None
+        if job is None:
+            show(self.store, record, self.view)
+            self._advance("skipped", record["cell_id"])
+        else:
+            self._log(record, job, "skipped")
+
+    def _compute(self, record: dict, case: PreparedCase, cfg) -> None:
+        seeds = seed_list(cfg.seed)
+        try:
+            model = self.model(cfg.model)
+            record["scheduler_class"] = type(model.pipe.scheduler).__name__
+            record["device"], record["dtype"] = model.device, model.dtype
+            image, mask, soft = self._case_inputs(case)
+            raws, metrics, box, nsfw = denoise(
+                model.pipe, image, mask, case.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance, cfg.strength,
+                seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
+            )
+        except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            self._fail(record, e)
+            return
+        self._waiting.acquire()  # blocks while the finishers are behind
+        future = self._pool.submit(self._finish, record, seeds, raws, metrics, nsfw, box, (image, mask, soft), cfg)
+        future.add_done_callback(lambda _: self._waiting.release())
+        self._track(future)
+
+    def _finish(self, record, seeds, raws, metrics, nsfw, box, inputs, cfg) -> None:
+        """Composite and write a computed cell into the store (off the generation path), then show and log it."""
+        cid = record["cell_id"]
+        image, mask, soft = inputs
+        staging = self.store.staging(cid)
+        try:
+            stored = self.store.cell_dir(cid)
+            for seed, raw, cell_metrics, flagged in zip(seeds, raws, metrics, nsfw):
+                name = f"seed-{seed}.png"
+                save_image(to_photo(image, raw, mask, box, soft), staging / name, compress_level=1)  # level 1: fast
+                record["images"].append({"seed": seed, "path": str(stored / name), "metrics": cell_metrics,
+                                         "nsfw": flagged})
+                record["files"][name] = file_entry(staging / name)
+            if any(nsfw):
+                log.warning("cell %s: the safety checker flagged seed(s) %s; their images are black (nsfw: true in "
+                            "the record)", cid, [s for s, f in zip(seeds, nsfw) if f])
+            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            write_record(record, staging)  # last: the folder holds a complete cell
+            self.store.publish(staging, cid)
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: this cell fails, the sweep goes on
+            shutil.rmtree(staging, ignore_errors=True)
+            self._fail(record, e)
+            return
+        job = self._tracking_job(record, cfg) if self.logger else None
+        if job is None:
+            show(self.store, record, self.view)
+            self._advance("done", cid)
+        else:
+            self._log(record, job, "done")
+
+    def _fail(self, record: dict, error: Exception) -> None:
+        record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
+                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        log.error("cell %s failed: %s", record["cell_id"], record["error"])
+        write_failed(view_paths(record, self.view / "cells" / record["cell_id"]), self.view)
+        with self._lock:
+            self.failed.append(record["cell_id"])
+        self._advance("failed", record["cell_id"])
+
+    def _case_inputs(self, case: PreparedCase):
+        """A case's photo, mask and soft mask, decoded once per process (read only: shared by threads)."""
+        key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), case.soft_mask)
+        if key not in self._inputs:
+            image = Image.open(case.image).convert("RGB")
+            mask = np.asarray(Image.open(case.mask)) > 127
+            soft = np.asarray(Image.open(case.soft_mask).convert("L")) if case.soft_mask else None
+            if len(self._inputs) >= 8:  # a few cases' worth: each job runs every case
+                self._inputs.pop(next(iter(self._inputs)))
+            self._inputs[key] = (image, mask, soft)
+        return self._inputs[key]
+
+    # -- Comet ---------------------------------------------------------------------------------------------------
+
+    def _tracking_job(self, record: dict, cfg) -> dict | None:
+        """What to send the Comet logger for a stored cell, or None if its log is already where it should be."""
+        if self.online is None:
+            self.online = tracking.is_online(cfg.tracking.offline)
+        comet = record.get("comet")
+        if comet and not (self.online and COMET_ARCHIVE in record["files"] and not record.get("comet_uploaded")):
+            return None
+        if comet:  # logged offline before, online now: comet_ml's own uploader sends the stored archive, once
+            return {"upload": str(self.store.cell_dir(record["cell_id"]) / COMET_ARCHIVE)}
+        stored = self.store.cell_dir(record["cell_id"])
+        images = {"input": record["input"], "mask": record["mask"]}
+        images.update({f"output_seed-{e['seed']}": str(stored / Path(e["path"]).name) for e in record["images"]})
+        return {
+            "offline_dir": tempfile.mkdtemp(prefix=f".comet-{record['cell_id']}-", dir=self.store.root),
+            "online": self.online,
+            "project": cfg.tracking.project,
+            "workspace": cfg.tracking.workspace,
+            "name": record["cell_id"],
+            "params": comet_params(record),
+            "metrics": comet_metrics(record),
+            "tags": [f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
+            "images": images,
+        }
+
+    def _log(self, record: dict, job: dict, status: str) -> None:
+        done: Future = Future()
+        self._track(done)
+
+        def logged(answer: Future) -> None:
+            try:
+                self._note_log(record, job, answer)
+            except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
+                log.warning("cell %s: its Comet log could not be stored: %s", record["cell_id"], e)
+            try:
+                show(self.store, record, self.view)
+                self._advance(status, record["cell_id"])
+                done.set_result(None)
+            except Exception as e:  # noqa: BLE001
+                done.set_exception(e)
+
+        self.logger.submit(job).add_done_callback(logged)
+
+    def _note_log(self, record: dict, job: dict, answer: Future) -> None:
+        """Store where the cell's log went with the cell: its offline archive, its URL, or that it was uploaded."""
+        cid = record["cell_id"]
+        try:
+            where = answer.result()
+            if where.startswith("uploaded:"):
+                record["comet_uploaded"] = where.removeprefix("uploaded:")
+            elif where.startswith("http"):
+                record["comet"] = where
+            else:
+                self.store.add_file(cid, Path(where), COMET_ARCHIVE)
+                record["files"][COMET_ARCHIVE] = file_entry(self.store.cell_dir(cid) / COMET_ARCHIVE)
+                record["comet"] = COMET_ARCHIVE
+        except Exception as e:  # noqa: BLE001
+            log.warning("cell %s: Comet logging failed: %s", cid, e)
+            return
+        finally:
+            if job.get("offline_dir"):
+                shutil.rmtree(job["offline_dir"], ignore_errors=True)
+        write_record(record, self.store.cell_dir(cid))
+
+    # -- book-keeping ----------------------------------------------------------------------------------------------
+
+    def _track(self, future: Future) -> None:
+        with self._lock:
+            self._futures.append(future)
+
+    def _advance(self, status: str, cid: str) -> None:
+        """Count one finished cell and move the overall bar; called from any thread once the cell's files are written."""
+        with self._lock:
+            self.counts[status] += 1
+            if self._bar is not None:
+                self._bar.set_postfix(self.counts, refresh=False)
+                self._bar.update(1)
+
+    def flush(self) -> None:
+        """Wait until every computed cell is written, logged and shown."""
+        while True:
+            with self._lock:
+                futures, self._futures = self._futures, []
+            if not futures:
+                break
+            for future in futures:
+                future.result()
+        self.digests.save()
+
+    def add_worker_reports(self, sweep_dir: str | Path) -> None:
+        """Count the cells that jobs run by other processes (joblib, submitit) reported in their job folders."""
+        import json
+
+        for path in sorted(Path(sweep_dir).glob(f"**/{JOB_REPORT}")):
+            report = json.loads(path.read_text())
+            self.cells.update(report["cells"])
+            self.failed.extend(report["failed"])
+            for status, n in report["counts"].items():
+                self.counts[status] += n
+            if self._bar is not None:
+                self._bar.update(sum(report["counts"].values()))
+                self._bar.set_postfix(self.counts, refresh=False)
+
+    def write_job_report(self, job_dir: str | Path) -> None:
+        """In a worker process: flush, then hand this job's cells and counts to the launching process."""
+        self.flush()
+        write_json({"cells": sorted(self.cells), "failed": self.failed, "counts": self.counts},
+                   Path(job_dir) / JOB_REPORT)
+        self.cells, self.failed, self.counts = set(), [], dict.fromkeys(STATUSES, 0)
+
+    def close(self, completed: bool) -> None:
+        """Flush everything; if the run completed, remove from the view the cells not in this grid."""
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+            if self.logger:
+                self.logger.close()
+            self.release_model()
+            if completed:
+                prune(self.view, self.cells)
+            if self._bar is not None:
+                self._bar.close()
+            if self._lock_file:
+                self._lock_file.release()
+
+
+def _settings(cfg) -> dict:
+    return {k: (OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]) for k in SWEEP_AXES}
+
+
+def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dict, revision: str,
+                sweep_id: str) -> dict:
+    m = cfg.model
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("hydra", "paths", "tracking", "report"):
+        plain.pop(key, None)
+    return {
+        "cell_id": cid,
+        "status": "ok",
+        "error": None,
+        "case": case.id,
+        "prompt": case.prompt,
+        **settings,
+        "model": m.name,
+        "model_id": m.id or "builtin/tiny-sd-inpaint",
+        "model_revision": revision,
+        "model_fingerprint": identity["model_fingerprint"],
+        "scheduler": m.scheduler,  # null = the checkpoint's own: scheduler_class says which
+        "padding_mask_crop": m.padding_mask_crop,
+        "working_size": list(working_size(tuple(case.image_size), m.size)),
+        "mask_method": case.method,
+        "config": _flatten(plain),  # the whole job config (flat dotted keys): what the report splits on
+        "identity": identity,  # what the cell id hashes (identity.py)
+        "code_version": code_version(),
+        "sweep_id": sweep_id,
+        "input": case.image,
+        "mask": case.mask,
+        "soft_mask": case.soft_mask,
+        "images": [],
+        "files": {},
+        "comet": None,
+        "finished_at": None,
+    }
+
+
+def comet_params(record: dict) -> dict:
+    """The cell's Comet parameters: the config's own key names, plus what identifies the cell."""
+    params = dict(record["config"])
+    params.update({k: record[k] for k in ("case", "prompt", "model_id", "model_revision", "mask_method", "cell_id",
+                                          "code_version")})
+    return params
+
+
+def comet_metrics(record: dict) -> dict:
+    """The same metric names for every cell: a multi-seed cell logs the mean over its seeds."""
+    values: dict[str, list] = {}
+    for entry in record["images"]:
+        for name, value in entry["metrics"].items():
+            values.setdefault(name, []).append(value)
+    return {name: float(np.mean(v)) for name, v in values.items()}
+
+
+# The runner of this process: made by the launching process's Hydra callback, or by a worker on its first job.
+_CURRENT: list[SweepRunner] = []
+
+
+def start(cfg, sweep_id: str, total_cells: int | None) -> SweepRunner:
+    runner = SweepRunner(cfg, sweep_id, total_cells)
+    _CURRENT[:] = [runner]
+    return runner
+
+
+def current(cfg, sweep_id: str) -> SweepRunner:
+    """This process's runner; a launcher's worker process (another pid) makes its own, which locks nothing."""
+    if not _CURRENT or _CURRENT[0].pid != os.getpid():
+        _CURRENT[:] = [SweepRunner(cfg, sweep_id, lock=False)]
+    return _CURRENT[0]
+
+
+def launching() -> SweepRunner | None:
+    """The runner the launching process made (None in a worker, or before the run started)."""
+    runner = _CURRENT[0] if _CURRENT else None
+    return runner if runner is not None and runner.pid == os.getpid() and runner.launcher else None
+
+
+def finish(completed: bool) -> SweepRunner | None:
+    """Close the launching process's runner, at exit; returns it for its counts (None if the run never started)."""
+    runner = launching()
+    if runner is not None:
+        _CURRENT.clear()
+        runner.close(completed)
+    return runner
