@@ -32,9 +32,10 @@ def model_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(model_cache):
+    from inpaint_sweep.config import model_config
     from inpaint_sweep.model import load_model
 
-    return load_model("tiny", cache_dir=str(model_cache))
+    return load_model(model_config("tiny", cache_dir=str(model_cache)))
 
 
 @pytest.fixture

@@ -163,6 +163,7 @@ def test_config_validator_accepts_exactly_the_runnable_settings(steps, strength,
 
 
 # Safe loading: safetensors only unless the user opts in; the safety checker stays unless turned off.
+from inpaint_sweep.config import model_config
 from inpaint_sweep.model import load_model  # noqa: E402
 from inpaint_sweep.tiny_model import build_tiny_pipeline  # noqa: E402
 
@@ -171,14 +172,14 @@ def test_pickle_checkpoint_is_refused_unless_opted_in(tmp_path):
     build_tiny_pipeline(0).save_pretrained(tmp_path / "pickled", safe_serialization=False)
     assert (tmp_path / "pickled" / "unet" / "diffusion_pytorch_model.bin").is_file()
     with pytest.raises(ConfigError) as e:
-        load_model("pretrained", id=str(tmp_path / "pickled"), cache_dir=str(tmp_path), channels_last=False)
+        load_model(model_config("pretrained", id=str(tmp_path / "pickled"), cache_dir=str(tmp_path), channels_last=False))
     assert "holds only pickle weights (.bin/.ckpt) for unet, vae, which can run arbitrary code" in str(e.value)
     assert "model.allow_unsafe_pickle=true" in str(e.value)
-    model = load_model("pretrained", id=str(tmp_path / "pickled"), cache_dir=str(tmp_path), channels_last=False,
-                       allow_unsafe_pickle=True)
+    model = load_model(model_config("pretrained", id=str(tmp_path / "pickled"), cache_dir=str(tmp_path), channels_last=False,
+                       allow_unsafe_pickle=True))
     assert type(model.pipe).__name__ == "StableDiffusionInpaintPipeline"
     with pytest.raises(ConfigError, match="is not a .safetensors file; pickle checkpoints"):
-        load_model("single_file", id=str(tmp_path / "model.ckpt"), cache_dir=str(tmp_path))
+        load_model(model_config("single_file", id=str(tmp_path / "model.ckpt"), cache_dir=str(tmp_path)))
 
 
 def test_safety_checker_is_kept_unless_turned_off(tmp_path):
@@ -192,31 +193,27 @@ def test_safety_checker_is_kept_unless_turned_off(tmp_path):
     pipe.register_modules(safety_checker=checker, feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
     pipe.register_to_config(requires_safety_checker=True)
     pipe.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
-    kept = load_model("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path), channels_last=False)
+    kept = load_model(model_config("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path), channels_last=False))
     assert type(kept.pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"
-    dropped = load_model("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path), channels_last=False,
-                         safety_checker=False)
+    dropped = load_model(model_config("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path), channels_last=False,
+                         safety_checker=False))
     assert dropped.pipe.safety_checker is None
 
 
 def test_parallel_comet_logging_writes_only_sound_archives(tmp_path, photo):
     """The logger process writes experiments in parallel threads. comet_ml ends its global previous experiment
     whenever a new one is created; unguarded, that corrupted about 1 archive in 8 here. Every archive must open and
-    pass its CRC checks, and each record handed over must learn its own archive."""
-    import json
-
+    pass its CRC checks, and each experiment's answer must name its own archive."""
     from inpaint_sweep import tracking
 
     photo.save(tmp_path / "out.png")
-    records = []
-    for i in range(16):
-        records.append(tmp_path / f"record-{i}.json")
-        records[-1].write_text(json.dumps({"cell_id": f"cell-{i}", "comet": None}))
-        tracking.submit({"offline_dir": str(tmp_path / "comet"), "online": False, "project": "p", "workspace": None,
-                         "name": f"cell-{i}", "params": {"guidance": i}, "metrics": {"seconds": 1.0}, "tags": ["t"],
-                         "images": {"output": str(tmp_path / "out.png")}, "records": [str(records[-1])]})
-    assert tracking.flush() == 0
-    archives = [json.loads(r.read_text())["comet"] for r in records]
+    logger = tracking.CometLogger()
+    answers = [logger.submit({"offline_dir": str(tmp_path / "comet"), "online": False, "project": "p",
+                              "workspace": None, "name": f"cell-{i}", "params": {"guidance": i},
+                              "metrics": {"seconds": 1.0}, "tags": ["t"],
+                              "images": {"output": str(tmp_path / "out.png")}}) for i in range(16)]
+    logger.close()
+    archives = [a.result(timeout=0) for a in answers]  # all answered by the time close() returns
     assert len(set(archives)) == 16
     for i, archive in enumerate(archives):
         with zipfile.ZipFile(archive) as z:

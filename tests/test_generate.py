@@ -11,6 +11,7 @@ from PIL import Image
 from inpaint_sweep.config import ConfigError
 from inpaint_sweep.inpaint import composite, inpaint, working_size
 from inpaint_sweep.masks import box_mask
+from inpaint_sweep.config import model_config
 from inpaint_sweep.model import load_model
 from inpaint_sweep.tiny_model import build_tiny_pipeline, build_tokenizer
 
@@ -71,7 +72,7 @@ def test_composite_is_exact_outside_a_ragged_mask(photo):
 
 def test_local_folder_preset_loads_a_saved_pipeline(tmp_path, photo):
     build_tiny_pipeline(5).save_pretrained(tmp_path / "ckpt", safe_serialization=True)
-    model = load_model("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path))
+    model = load_model(model_config("pretrained", id=str(tmp_path / "ckpt"), cache_dir=str(tmp_path)))
     assert model.model_id == str(tmp_path / "ckpt") and type(model.pipe).__name__ == "StableDiffusionInpaintPipeline"
     (out, _), = inpaint(model.pipe, photo, box_mask(photo.size, (0, 0, 50, 50)), seeds=0, device="cpu", **SETTINGS)
     assert out.size == photo.size
@@ -79,7 +80,7 @@ def test_local_folder_preset_loads_a_saved_pipeline(tmp_path, photo):
 
 def test_hub_preset_offline_says_how_to_use_a_local_folder(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_model("pretrained", id="stabilityai/stable-diffusion-2-inpainting", revision="main", cache_dir=str(tmp_path))
+        load_model(model_config("pretrained", id="stabilityai/stable-diffusion-2-inpainting", revision="main", cache_dir=str(tmp_path)))
     message = str(e.value)
     assert "model.id='stabilityai/stable-diffusion-2-inpainting' is not available offline" in message
     assert "model=local model.id=/path/to/folder" in message

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from inpaint_sweep.masks import box_mask
+from inpaint_sweep.config import model_config
 from inpaint_sweep.model import load_model
 from inpaint_sweep.tiny_model import build_tiny_sdxl_pipeline
 
@@ -40,10 +41,10 @@ def photo_64():
 @pytest.mark.parametrize("kind", ["sd", "sdxl"])
 def test_fp16_on_cuda_is_finite_and_reproducible(kind, tmp_path, photo_64):
     if kind == "sd":
-        model = load_model("tiny", cache_dir=str(tmp_path), device="auto", dtype="auto")
+        model = load_model(model_config("tiny", cache_dir=str(tmp_path), device="auto", dtype="auto"))
     else:
         build_tiny_sdxl_pipeline(0).save_pretrained(tmp_path / "sdxl", safe_serialization=True)
-        model = load_model("pretrained", id=str(tmp_path / "sdxl"), device="auto", dtype="auto")
+        model = load_model(model_config("pretrained", id=str(tmp_path / "sdxl"), device="auto", dtype="auto"))
     assert model.device == "cuda" and model.dtype == "float16"  # what device=auto and dtype=auto pick on a GPU
     assert model.pipe.unet.dtype == torch.float16
     a = raw_images(model.pipe, photo_64, [0, 1])

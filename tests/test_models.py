@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from inpaint_sweep import model as model_module
-from inpaint_sweep.config import ConfigError, check_config, load_config
+from inpaint_sweep.config import ConfigError, check_config, check_model_config, load_config
 from inpaint_sweep.inpaint import inpaint
 from inpaint_sweep.masks import box_mask
+from inpaint_sweep.config import model_config
 from inpaint_sweep.model import load_model, set_scheduler
 from inpaint_sweep.tiny_model import (
     build_tiny_pipeline,
@@ -107,10 +108,10 @@ def test_hub_presets_name_checkpoint_revision_and_size():
 
 
 def test_tiny_sdxl_runs_through_the_local_folder_path(sdxl_folder, photo):
-    model = load_model("pretrained", id=str(sdxl_folder), cache_dir=str(sdxl_folder.parent))
+    model = load_model(model_config("pretrained", id=str(sdxl_folder), cache_dir=str(sdxl_folder.parent)))
     assert type(model.pipe).__name__ == "StableDiffusionXLInpaintPipeline"
     assert model.pipe.text_encoder_2 is not None and model.pipe.vae_scale_factor == 8
-    assert model.settings["vae_upcast"] is True  # the VAE config's force_upcast, as SDXL's own
+    assert model.pipe.vae.config.force_upcast is True  # the VAE config's force_upcast, as SDXL's own
     mask = box_mask(photo.size, (30, 20, 70, 60))
     (a, metrics_a), (b, _) = inpaint(model.pipe, photo, mask, seeds=[0, 1], device="cpu", **CALL)
     assert outside_equal_inside_changed(photo, mask, a) and outside_equal_inside_changed(photo, mask, b)
@@ -153,14 +154,14 @@ def test_single_file_with_a_local_config_loads_the_same_weights(tmp_path, sd_fol
     file = save_single_file(pipe, tmp_path / "tiny-inpaint.safetensors")
     config = save_config_folder(pipe, tmp_path / "config")
     assert not list(config.rglob("*.safetensors"))  # the config folder holds no weights: they come from the file
-    model = load_model("single_file", id=str(file), config=str(config), pipeline="sd", cache_dir=str(tmp_path))
+    model = load_model(model_config("single_file", id=str(file), config=str(config), pipeline="sd", cache_dir=str(tmp_path)))
     assert type(model.pipe).__name__ == "StableDiffusionInpaintPipeline"
     assert model.model_id == str(file) and model.revision == "tiny-inpaint.safetensors"
     for name in ("unet", "vae", "text_encoder"):
         ours, theirs = getattr(model.pipe, name).state_dict(), getattr(pipe, name).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
     # The same pixels as the diffusers folder of the same pipeline.
-    folder = load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path))
+    folder = load_model(model_config("pretrained", id=str(sd_folder), cache_dir=str(tmp_path)))
     mask = box_mask(photo.size, (30, 20, 70, 60))
     a = inpaint(model.pipe, photo, mask, seeds=3, device="cpu", **CALL)[0][0]
     b = inpaint(folder.pipe, photo, mask, seeds=3, device="cpu", **CALL)[0][0]
@@ -170,17 +171,17 @@ def test_single_file_with_a_local_config_loads_the_same_weights(tmp_path, sd_fol
 def test_single_file_without_config_offline_says_what_to_set(tmp_path):
     file = save_single_file(build_tiny_pipeline(0), tmp_path / "model.safetensors")
     with pytest.raises(ConfigError) as e:
-        load_model("single_file", id=str(file), config=None, cache_dir=str(tmp_path))
+        load_model(model_config("single_file", id=str(file), config=None, cache_dir=str(tmp_path)))
     assert "model.config" in str(e.value) and "local diffusers folder" in str(e.value)
     with pytest.raises(ConfigError, match="is not a file"):
-        load_model("single_file", id=str(tmp_path / "missing.safetensors"), config=str(tmp_path), cache_dir=str(tmp_path))
+        load_model(model_config("single_file", id=str(tmp_path / "missing.safetensors"), config=str(tmp_path), cache_dir=str(tmp_path)))
 
 
 # --- scheduler --------------------------------------------------------------------------------------------------------
 
 
 def test_scheduler_swaps_without_reloading(tiny_model, photo):
-    loads = model_module.LOAD_COUNT
+    pipe = tiny_model.pipe
     default = tiny_model.pipe.scheduler
     mask = box_mask(photo.size, (30, 20, 70, 60))
     try:
@@ -194,7 +195,7 @@ def test_scheduler_swaps_without_reloading(tiny_model, photo):
         assert (euler != ddim).any()
     finally:
         set_scheduler(tiny_model, None)
-    assert model_module.LOAD_COUNT == loads
+    assert tiny_model.pipe is pipe  # the same pipeline: nothing was reloaded
 
 
 # --- device, precision and memory settings ----------------------------------------------------------------------------
@@ -203,19 +204,18 @@ def test_scheduler_swaps_without_reloading(tiny_model, photo):
 def test_speed_and_memory_settings_are_applied(sd_folder, tmp_path, photo):
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    default = load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), channels_last=False)
+    default = load_model(model_config("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), channels_last=False))
     assert {type(p) for p in default.pipe.unet.attn_processors.values()} == {AttnProcessor2_0}  # SDPA
     assert not default.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert not default.pipe.vae.use_tiling and not default.pipe.vae.use_slicing
 
-    tuned = load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), attention="eager",
-                       channels_last=True, vae_tiling=True, vae_slicing=True)
+    tuned = load_model(model_config("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), attention="eager",
+                       channels_last=True, vae_tiling=True, vae_slicing=True))
     pipe = tuned.pipe
     assert {type(p) for p in [*pipe.unet.attn_processors.values(), *pipe.vae.attn_processors.values()]} == {AttnProcessor}
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.use_tiling and pipe.vae.use_slicing
-    assert tuned.settings["attention"] == "eager" and tuned.settings["channels_last"] is True
     # Still the same model: eager attention and channels_last change float rounding, not the picture.
     mask = box_mask(photo.size, (30, 20, 70, 60))
     a = np.asarray(inpaint(default.pipe, photo, mask, seeds=0, device="cpu", **CALL)[0][0], dtype=int)
@@ -225,9 +225,8 @@ def test_speed_and_memory_settings_are_applied(sd_folder, tmp_path, photo):
 
 def test_compile_wraps_the_unet(sd_folder, tmp_path):
     # Only the wiring: compiling happens at the first call, takes minutes and needs a C compiler on CPU.
-    model = load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), compile_unet=True)
+    model = load_model(model_config("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), compile_unet=True))
     assert isinstance(model.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
-    assert model.settings["compile_unet"] is True
 
 
 @pytest.mark.parametrize("offload, method", [("model", "enable_model_cpu_offload"),
@@ -239,21 +238,33 @@ def test_offload_is_called_instead_of_moving_to_the_gpu(sd_folder, tmp_path, mon
     calls = []
     monkeypatch.setattr(StableDiffusionInpaintPipeline, method, lambda self, device=None: calls.append(device))
     monkeypatch.setattr(StableDiffusionInpaintPipeline, "to", lambda self, *a, **k: calls.append(("to", a, k)))
-    model = load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), device="cuda", offload=offload)
+    model = load_model(model_config("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), device="cuda", offload=offload))
     assert calls == ["cuda"]  # offloaded to cuda, never moved there whole
-    assert model.dtype == "float16" and model.settings["offload"] == offload  # dtype=auto on CUDA
+    assert model.dtype == "float16"  # dtype=auto on CUDA
 
 
 def test_offload_without_a_cuda_device_is_refused(sd_folder, tmp_path):
     with pytest.raises(ConfigError, match="model.offload=model moves models to a CUDA GPU in turn, got model.device=cpu"):
-        load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), device="cpu", offload="model")
+        check_model_config(model_config("pretrained", id=str(sd_folder), device="cpu", offload="model"))
 
 
 def test_vae_upcast_is_an_sdxl_setting(sd_folder, sdxl_folder, tmp_path):
-    sdxl = load_model("pretrained", id=str(sdxl_folder), cache_dir=str(tmp_path), vae_upcast=False)
-    assert sdxl.pipe.vae.config.force_upcast is False and sdxl.settings["vae_upcast"] is False
-    with pytest.raises(ConfigError, match="model.vae_upcast=True needs an SDXL pipeline"):
-        load_model("pretrained", id=str(sd_folder), cache_dir=str(tmp_path), vae_upcast=True)
+    sdxl = load_model(model_config("pretrained", id=str(sdxl_folder), cache_dir=str(tmp_path), vae_upcast=False))
+    assert sdxl.pipe.vae.config.force_upcast is False
+    check_model_config(model_config("pretrained", id=str(sdxl_folder), vae_upcast=False))
+    # Refused from the folder's model_index.json, before anything loads.
+    with pytest.raises(ConfigError, match="model.vae_upcast=True needs an SDXL checkpoint .* leave it null"):
+        check_model_config(model_config("pretrained", id=str(sd_folder), vae_upcast=True))
+    with pytest.raises(ConfigError, match="model.vae_upcast=False needs an SDXL checkpoint .*source=tiny"):
+        check_model_config(model_config("tiny", vae_upcast=False))
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="model.device=cuda but this machine has no such CUDA device"):
+        check_model_config(model_config("tiny", device="cuda"))
+    with pytest.raises(ConfigError, match="model.device=cuda:1 but"):
+        check_model_config(model_config("tiny", device="cuda:1"))
 
 
 # --- small masks on big photos ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ A value's path, e.g. `guidance`: the command line -> Hydra's job config -> `Swee
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -302,8 +303,6 @@ class SweepRunner:
 
     def add_worker_reports(self, sweep_dir: str | Path) -> None:
         """Count the cells that jobs run by other processes (joblib, submitit) reported in their job folders."""
-        import json
-
         for path in sorted(Path(sweep_dir).glob(f"**/{JOB_REPORT}")):
             report = json.loads(path.read_text())
             self.cells.update(report["cells"])
@@ -379,7 +378,7 @@ def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dic
 
 def comet_params(record: dict) -> dict:
     """The cell's Comet parameters: the config's own key names, plus what identifies the cell."""
-    params = dict(record["config"])
+    params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in record["config"].items()}
     params.update({k: record[k] for k in ("case", "prompt", "model_id", "model_revision", "mask_method", "cell_id",
                                           "code_version")})
     return params
