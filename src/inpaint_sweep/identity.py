@@ -42,19 +42,20 @@ NOT_IDENTITY = {
     "model.config": "single_file: where the component configs are: their files are fingerprinted instead",
     "model.cache_dir": "tiny: where the built checkpoint is saved: its files are fingerprinted instead",
     "model.allow_unsafe_pickle": "permission to load pickle weights: which files loaded is fingerprinted instead",
-    "model.cpu_threads": "how many CPU threads torch uses: same pixels (tests/test_identity.py checks 1 vs 2)",
 }
 
 
 def generation_config(cfg) -> dict:
     """The resolved config as flat dotted keys (model.device -> the device actually used), NOT_IDENTITY removed."""
-    from .model import resolve_device, resolve_dtype
+    from .model import resolve_cpu_threads, resolve_device, resolve_dtype
 
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     plain.pop("hydra", None)
     flat = _flatten(plain)
     flat["model.device"] = resolve_device(flat["model.device"])
     flat["model.dtype"] = resolve_dtype(flat["model.dtype"], flat["model.device"])
+    # torch's CPU kernels round differently with another thread count (measured: 1 vs 2 threads, pixels off by 1).
+    flat["model.cpu_threads"] = resolve_cpu_threads(flat["model.device"], flat["model.cpu_threads"])
     return {k: v for k, v in flat.items() if not _excluded(k)}
 
 

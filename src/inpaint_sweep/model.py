@@ -53,6 +53,19 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def resolve_cpu_threads(device: str, threads: int | None) -> int | None:
+    """torch's CPU threads for `model.cpu_threads` on `device`: None off the CPU, or where OMP_NUM_THREADS decides;
+    null = all cores but one (at least one)."""
+    if device != "cpu":
+        return None
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return int(os.environ["OMP_NUM_THREADS"]) if os.environ["OMP_NUM_THREADS"].isdigit() else None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores - 1)
+    return threads
+
+
 def use_cpu_threads(device: str, threads: int | None) -> int | None:
     """On the CPU, give torch `threads` threads; None = all cores but one (at least one), unless OMP_NUM_THREADS says.
 
@@ -65,9 +78,7 @@ def use_cpu_threads(device: str, threads: int | None) -> int | None:
 
     if device != "cpu" or (threads is None and os.environ.get("OMP_NUM_THREADS")):
         return None
-    if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores - 1)
+    threads = resolve_cpu_threads(device, threads)
     torch.set_num_threads(threads)
     return threads
 

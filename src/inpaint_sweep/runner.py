@@ -44,6 +44,9 @@ STATUSES = ("done", "skipped", "failed")
 class SweepRunner:
     def __init__(self, cfg, sweep_id: str, total_cells: int | None = None, lock: bool = True) -> None:
         self.view = Path(cfg.paths.generate)
+        self._lock_file = ViewLock(self.view) if lock else None
+        if self._lock_file:
+            self._lock_file.acquire()  # first: a refused sweep has made nothing
         self.store = CellStore(cfg.paths.cell_store)
         self.sweep_id = sweep_id
         self.pid = os.getpid()
@@ -55,7 +58,6 @@ class SweepRunner:
         self.logger = tracking.CometLogger() if cfg.tracking.comet else None
         self.online = None  # whether Comet logs go online: asked once, at the first cell that logs
         self._lock = threading.Lock()
-        self._lock_file = ViewLock(self.view) if lock else None
         self._loaded: tuple[str, object] | None = None  # (load settings, LoadedModel): one pipeline resident
         self._fingerprints: dict[str, tuple[str, str]] = {}
         self._cases: dict[str, list[PreparedCase]] = {}
@@ -71,8 +73,6 @@ class SweepRunner:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_cells, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
-        if self._lock_file:
-            self._lock_file.acquire()
 
     # -- the job ------------------------------------------------------------------------------------------------------
 

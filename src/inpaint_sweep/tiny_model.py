@@ -300,3 +300,27 @@ def save_config_folder(pipe, folder: str | os.PathLike) -> Path:
     for weights in folder.rglob("*.safetensors"):
         weights.unlink()
     return folder
+
+
+def build_tiny_safety_checker(seed: int = 0, flag_everything: bool = False):
+    """SD 1.x's NSFW safety checker at a tiny size (random weights) and its image processor. `flag_everything`
+    sets every concept threshold below any similarity, so each image is flagged (for tests of the verdicts)."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    if flag_everything:
+        with torch.no_grad():
+            checker.concept_embeds_weights.fill_(-10.0)
+            checker.special_care_embeds_weights.fill_(-10.0)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, processor
