@@ -213,6 +213,7 @@ def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
     from hydra.types import HydraContext, RunMode
     from hydra_plugins.inpaint_sweep_grid import GridLauncher
     from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
 
     from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
     from inpaint_sweep.sweep import GridConfigLoader
@@ -222,7 +223,9 @@ def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
     def task(cfg):
         hydra = HydraConfig.get()
         seen.append((OmegaConf.to_yaml(cfg), hydra.job.num, hydra.runtime.output_dir, hydra.overrides.task,
-                     OmegaConf.is_struct(cfg), "hydra" in cfg))
+                     OmegaConf.is_struct(cfg), "hydra" in cfg, OmegaConf.get_type(cfg).__name__))
+        with pytest.raises(ValidationError):  # the typed schema is at the job config's root
+            cfg.steps = "abc"
         if cfg.guidance == 12:
             raise ValueError("bad cell")
         return cfg.guidance
@@ -244,6 +247,7 @@ def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
     strip = lambda text: text.replace(f"{tmp_path}/basic", "X").replace(f"{tmp_path}/grid", "X")  # noqa: E731
     assert [tuple(strip(str(x)) for x in s) for s in grid[0]] == [tuple(strip(str(x)) for x in s) for s in basic[0]]
     assert [tuple(strip(str(x)) for x in s) for s in grid[1]] == [tuple(strip(str(x)) for x in s) for s in basic[1]]
+    assert {s[-1] for s in grid[0]} == {"Config"}
     assert grid[2] == basic[2] and [Path(f).parent.name for f in grid[2] if f.endswith(".log")] == ["0", "1", "2"]
     runs = grid[3]
     assert [r.status for r in runs] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED]

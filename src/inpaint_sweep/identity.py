@@ -75,11 +75,10 @@ def _excluded(key: str) -> bool:
 
 @lru_cache(maxsize=1)
 def library_versions() -> dict:
-    import diffusers
-    import torch
-    import transformers
+    """The installed versions of the libraries that compute pixels (read from their metadata: no import)."""
+    from importlib.metadata import version
 
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+    return {name: version(name) for name in ("torch", "diffusers", "transformers")}
 
 
 def cell_identity(generation: dict, model_fingerprint: str, case: PreparedCase, digests: "Digests") -> dict:

@@ -183,25 +183,33 @@ def _read_only(path: Path) -> None:
 
 
 class ViewLock:
-    """One sweep per view: an exclusive lock on `<view>.lock` beside the view (released when the process ends,
-    however it ends). A second sweep on the same view stops with one line naming the process that holds it."""
+    """One sweep per view: an exclusive lock on `.<view>.lock` beside the view (released when the process ends,
+    however it ends; removed when released normally). A second sweep on the same view stops with one line naming
+    the process that holds it."""
 
     def __init__(self, view_dir: str | Path) -> None:
-        view = Path(view_dir)
-        self.path = view.parent / f".{view.name}.lock"
+        self.view = Path(view_dir)
+        self.path = self.view.parent / f".{self.view.name}.lock"
         self._file = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        while True:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise ConfigError(f"another sweep ({holder}) is writing the view {str(self.view)!r}; wait for it to "
+                                  "finish, or give this one its own view with paths.generate=...") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                    break  # ours, and still the file at that path (its last holder removes it as it lets go)
+            except FileNotFoundError:
+                pass
             f.close()
-            raise ConfigError(f"another sweep ({holder}) is writing the view {str(self.path.parent / self.path.stem[1:])!r}; "
-                              "wait for it to finish, or give this one its own view with paths.generate=...") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}, started {_now()}: {' '.join(_argv())}")
@@ -210,7 +218,7 @@ class ViewLock:
 
     def release(self) -> None:
         if self._file is not None:
-            self._file.truncate(0)
+            self.path.unlink(missing_ok=True)  # nothing left beside the results
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
