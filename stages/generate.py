@@ -26,7 +26,7 @@ SWEEP_ID = os.environ.get("INPAINT_SWEEP_ID") or time.strftime("%Y%m%d-%H%M%S")
 OUTPUT_DIRS: set[Path] = set()
 
 
-@hydra.main(version_base="1.3", config_path="..", config_name="params")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="params")  # params.yaml: see config.py
 @cli.one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
