@@ -30,7 +30,7 @@ from PIL import Image
 
 from . import tracking
 from .config import SWEEP_AXES, ConfigError
-from .images import save_image, write_json
+from .images import load_photo, save_image, write_json
 from .inpaint import denoise, seed_list, to_photo, working_size
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def run_cell(
 def _case_inputs(image_path, image_sha, mask_path, mask_sha, soft_path, soft_sha):
     """A case's photo, mask and soft mask, decoded once per process for all the cells of a sweep (the digests in the
     key make a changed file load anew). Shared by threads: read only."""
-    image = Image.open(image_path).convert("RGB")
+    image = load_photo(image_path)
     mask = np.asarray(Image.open(mask_path)) > 127
     soft = np.asarray(Image.open(soft_path).convert("L")) if soft_path else None
     return image, mask, soft
