@@ -36,7 +36,7 @@ def load_photo(path: str | os.PathLike, where: str | None = None, shown: str | N
     try:
         if os.path.getsize(path) == 0:
             raise ValueError("the file is empty (0 bytes)")
-        with Image.open(path) as opened:
+        with _pillow_open(path) as opened:
             opened.load()
             image = opened
     except Exception as e:  # noqa: BLE001 - PIL raises many types (and plugins registered by other packages more)
@@ -50,6 +50,13 @@ def load_photo(path: str | os.PathLike, where: str | None = None, shown: str | N
         pass
     # 3. 8-bit RGB.
     return _to_rgb8(image, bits, prefix, shown, warn)
+
+
+def _pillow_open(path):
+    """Pillow's own Image.open. Importing Ultralytics (mask.method=yolo/sam) replaces it with a wrapper that, on a file
+    Pillow cannot identify, tries to pip-install a HEIF plugin and then fails with "No module named 'pi_heif'"."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", Image.open)(path)
 
 
 def _declared_bits(image: Image.Image) -> int | None:
