@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from inpaint_sweep import cli, runner, sweep
 
 
-@hydra.main(version_base="1.3", config_path="..", config_name="params")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="params")  # params.yaml: see config.py
 @cli.one_line_errors
 def main(cfg: DictConfig) -> None:
     runner.current(cfg, sweep.sweep_id()).run_job(cfg)

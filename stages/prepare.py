@@ -1,4 +1,9 @@
-"""Stage 1, prepare: image + box -> mask, overlay and record per case.  Usage: python stages/prepare.py [key=value ...]"""
+"""Stage 1, prepare: image + box -> mask, overlay and record per case (the photo upright, as 8-bit RGB).
+
+    python stages/prepare.py                                  # the cases and mask settings of params.yaml
+    python stages/prepare.py mask.method=ellipse              # any key below as key=value
+    python stages/prepare.py cases=data/cases_many.yaml       # another manifest
+"""
 
 import sys
 
@@ -40,4 +45,7 @@ def main(overrides: list[str]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if cli.help_requested(sys.argv[1:]):
+        cli.print_help("prepare", sys.argv[1:])
+    else:
+        main(sys.argv[1:])

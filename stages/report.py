@@ -39,4 +39,7 @@ def main(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if cli.help_requested(sys.argv[1:]):
+        cli.print_help("report", sys.argv[1:])
+    else:
+        main(sys.argv[1:])

@@ -135,3 +135,44 @@ def test_dvc_deps_list_every_module_the_stage_imports(stage):
     assert script in deps
     for module in _imported_package_modules(REPO_ROOT / script):
         assert f"src/inpaint_sweep/{module}.py" in deps, f"{stage} imports inpaint_sweep.{module}"
+
+
+@pytest.mark.parametrize(
+    "stage, words",
+    [
+        ("prepare", ["mask.method=box", "# box | ellipse", "cases=data/cases.yaml", "paths.prepare="]),
+        ("generate", ["guidance=7.5", "# classifier-free guidance scale", "model.size=", "hydra.sweeper.params.guidance=",
+                      *PRESETS, "hydra/launcher:", "joblib", "slurm", "hydra/sweeper:"]),
+        ("report", ["report.rows=guidance", "# axis down the rows", "paths.report="]),
+    ],
+)
+def test_every_stage_answers_help_fast_with_its_own_keys(stage, words):
+    """--help is a subprocess like a user's (Hydra's help for generate): exit 0, the stage's keys with their comments
+    and the real config groups, never a folder of the repository (.venv, results, .cache) listed as a group."""
+    from conftest import run
+
+    result = run(["python", f"stages/{stage}.py", "--help"], timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip()
+    for word in words:
+        assert word in result.stdout, word
+    assert ".venv" not in result.stdout and "results/report/" not in result.stdout
+    if stage != "generate":  # the other stages list only what they read
+        assert "model.size" not in result.stdout and "hydra/launcher" not in result.stdout
+
+
+def test_help_follows_the_overrides_on_the_command_line():
+    from conftest import run
+
+    result = run(["python", "stages/generate.py", "model=sdxl_inpaint", "guidance=3", "--help"], timeout=60)
+    assert "guidance=3.0" in result.stdout and "model.size=1024" in result.stdout
+    assert "sdxl_inpaint *" in result.stdout
+    result = run(["python", "stages/prepare.py", "mask.methd=box", "--help"], check=False, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: Could not override 'mask.methd'")
+
+
+def test_help_lists_what_dvc_yaml_says_each_stage_reads():
+    from inpaint_sweep.cli import STAGE_KEYS
+
+    for name, stage in DVC["stages"].items():
+        listed = {"model" if key == "defaults" else key for key in stage["params"]}  # defaults: the model preset
+        assert set(STAGE_KEYS[name]) == listed, name

@@ -384,10 +384,10 @@ def test_prepare_stage_many_cases_with_yolo_offline(tmp_path, capsys):
                  "mask.weights=yolov8n-seg.yaml", "mask.conf=0.0", "mask.max_det=20"]  # fmt: skip
     records = stage["main"](overrides)
     manifest = yaml.safe_load((REPO_ROOT / "data" / "cases_many.yaml").read_text())
-    assert len(records) == len(manifest) >= 3 and len({r["image"] for r in records}) == 2
+    assert len(records) == len(manifest) >= 3 and len({r["source_image"] for r in records}) == 2
     printed = capsys.readouterr().out
     for r in records:
-        for name in ("mask.png", "soft_mask.png", "overlay.png", "record.json"):
+        for name in ("image.png", "mask.png", "soft_mask.png", "overlay.png", "record.json"):
             assert (out / r["id"] / name).is_file()
         assert r["method"] == "yolo" and r["instances_found"] > 0 and r["class"] is not None
         assert f"{r['id']}: yolo {r['class']} {r['confidence']:.2f}, IoU with box {r['iou_with_box']:.2f}" in printed

@@ -168,10 +168,10 @@ def test_grid_sweeper_composes_each_job_exactly_as_hydra_does(overrides):
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
+    from inpaint_sweep.config import CONFIG_DIR, CONFIG_NAME
     from inpaint_sweep.sweep import GridConfigLoader
 
-    search_path = create_config_search_path(str(REPO_ROOT))
+    search_path = create_config_search_path(str(CONFIG_DIR))
     hydra_loader, grid_loader = ConfigLoaderImpl(search_path), GridConfigLoader(search_path)
     master = hydra_loader.load_configuration(CONFIG_NAME, ["hydra.sweep.dir=/tmp/x", "paths.generate=/tmp/g"],
                                              RunMode.MULTIRUN)
@@ -188,10 +188,10 @@ def test_grid_sweeper_rejects_a_bad_job_as_hydra_does(bad):
     from hydra.errors import ConfigCompositionException
     from hydra.types import RunMode
 
-    from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
+    from inpaint_sweep.config import CONFIG_DIR, CONFIG_NAME
     from inpaint_sweep.sweep import GridConfigLoader
 
-    search_path = create_config_search_path(str(REPO_ROOT))
+    search_path = create_config_search_path(str(CONFIG_DIR))
     hydra_loader = ConfigLoaderImpl(search_path)
     master = hydra_loader.load_configuration(CONFIG_NAME, [], RunMode.MULTIRUN)
     messages = []
@@ -215,7 +215,7 @@ def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
     from omegaconf import OmegaConf
     from omegaconf.errors import ValidationError
 
-    from inpaint_sweep.config import CONFIG_NAME, REPO_ROOT
+    from inpaint_sweep.config import CONFIG_DIR, CONFIG_NAME
     from inpaint_sweep.sweep import GridConfigLoader
 
     seen = []
@@ -232,7 +232,7 @@ def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
 
     results = {}
     for name, launcher in (("basic", BasicLauncher()), ("grid", GridLauncher())):
-        loader = GridConfigLoader(create_config_search_path(str(REPO_ROOT)))
+        loader = GridConfigLoader(create_config_search_path(str(CONFIG_DIR)))
         master = loader.load_configuration(CONFIG_NAME, [f"hydra.sweep.dir={tmp_path}/{name}"], RunMode.MULTIRUN)
         launcher.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()), task_function=task,
                        config=master)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 from .config import ConfigError
+from .images import load_photo
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -25,7 +25,7 @@ class Case:
     image: Path  # resolved path
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
     prompt: str
-    size: tuple[int, int]  # width, height of the photo
+    size: tuple[int, int]  # width, height of the photo as a viewer shows it (upright: EXIF orientation applied)
 
 
 def parse_box(value, where: str) -> tuple[int, int, int, int]:
@@ -59,7 +59,11 @@ def default_case_id(image: Path, box: tuple[int, int, int, int]) -> str:
 
 
 def load_cases(manifest: str | Path) -> list[Case]:
-    """Read and validate the manifest; image paths are relative to the manifest's folder."""
+    """Read and validate the manifest; image paths are relative to the manifest's folder.
+
+    Each photo is decoded here (images.load_photo: upright, 8-bit RGB), so an undecodable one stops the stage before
+    any case is written, and a box is checked against the photo as a viewer shows it.
+    """
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ConfigError(f"cases manifest not found: cases={str(manifest)!r}")
@@ -96,13 +100,7 @@ def load_cases(manifest: str | Path) -> list[Case]:
             raise ConfigError(f"{where}: prompt must be non-empty text, got prompt={prompt!r}")
         if not image.is_file():
             raise ConfigError(f"{where}: image not found: {entry['image']!r} (looked at {image})")
-        try:
-            with Image.open(image) as im:
-                im.verify()
-            with Image.open(image) as im:
-                size = im.size
-        except Exception as e:  # PIL raises several types (and plugins registered by other packages more)
-            raise ConfigError(f"{where}: image {entry['image']!r} does not decode as an image ({e})") from None
+        size = load_photo(image, where, shown=str(entry["image"])).size  # decoded in full, upright, as prepare reads it
         check_box(box, size, where)
         cases.append(Case(id=case_id, image=image, box=box, prompt=prompt.strip(), size=size))
     return cases

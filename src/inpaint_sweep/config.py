@@ -2,6 +2,10 @@
 
 params.yaml is the one config: Hydra's primary config for every stage and DVC's params file. The dataclasses here only
 give it types (registered as `schema`, the first entry of its defaults list); the values live in params.yaml and conf/.
+
+Hydra's primary config folder is conf/ (config groups only), and params.yaml itself is registered here in Hydra's
+ConfigStore as the primary config `params`: with the repository root as the folder, Hydra would scan every folder in
+it (.venv, results, .cache) on each --help and list them as config groups (README "The config").
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "conf"  # Hydra's primary config folder: config groups only (model, hydra/*)
+PARAMS_FILE = REPO_ROOT / "params.yaml"  # the primary config, read from the top level where DVC wants it
 CONFIG_NAME = "params"
 SWEEP_AXES = ("steps", "guidance", "strength", "negative_prompt", "seed")
 MASK_METHODS = ("box", "ellipse", "yolo", "sam")  # geometric (no weights) | Ultralytics models (local weights)
@@ -112,6 +118,7 @@ class Config:
 
 
 ConfigStore.instance().store(name="schema", node=Config)
+ConfigStore.instance().store(name=CONFIG_NAME, node=OmegaConf.load(PARAMS_FILE))  # composed from conf/ like a file
 
 
 def check_config(cfg: Any) -> None:
@@ -244,7 +251,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose params.yaml + conf/ exactly as the Hydra apps do (for prepare, report and tests)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=False)
     return cfg
 

@@ -20,13 +20,13 @@ from PIL import Image, ImageDraw
 
 from .cases import Case
 from .config import ConfigError
-from .images import _atomic, font, save_image, to_mask_image, write_json
+from .images import _atomic, font, load_photo, save_image, to_mask_image, write_json
 
 GEOMETRIC = ("box", "ellipse")
 MODELS = ("yolo", "sam")
 # Columns of cases.csv, one row per case; `id` is the case id, the `case` column of the report's runs.csv.
 TABLE_COLUMNS = (
-    "id", "image", "width", "height", "x1", "y1", "x2", "y2", "prompt", "method", "method_requested", "method_reason",
+    "id", "image", "source_image", "width", "height", "x1", "y1", "x2", "y2", "prompt", "method", "method_requested", "method_reason",
     "class", "class_id", "confidence", "instance_iou", "instances_found", "iou_with_box", "mask_area",
     "mask_fraction", "mask_x1", "mask_y1", "mask_x2", "mask_y2", "mask", "soft_mask", "overlay",
 )  # fmt: skip
@@ -432,7 +432,8 @@ def prepare(
     min_area: int = 0,
     feather: int = 0,
 ) -> list[dict]:
-    """Per case mask.png (+ soft_mask.png), overlay.png, record.json; then cases.json, cases.csv, contact_sheet.png."""
+    """Per case image.png (the photo upright, 8-bit RGB), mask.png (+ soft_mask.png), overlay.png, record.json; then
+    cases.json, cases.csv, contact_sheet.png."""
     out_dir = Path(out_dir)
     # 1. Load the model once (a missing weights file or an unknown class stops here, before any case).
     model, allowed = None, None
@@ -444,11 +445,13 @@ def prepare(
     records, tiles = [], []
     for case in cases:
         # 2. Make the hard mask, 3. the soft one, 4. write the files and the record.
-        image = Image.open(case.image).convert("RGB")
+        # The photo as a viewer shows it (upright, 8-bit RGB); load_cases already warned about transparency.
+        image = load_photo(case.image, f"case {case.id!r}", shown=os.path.relpath(case.image), warn=False)
         mask, facts = make_mask(
             case, image, method, model, conf, allowed, on_miss, dilate_px, holes, min_area, clip, max_det
         )
         case_dir = out_dir / case.id
+        save_image(image, case_dir / "image.png", compress_level=1)  # what generate reads: upright, so is its output
         save_image(to_mask_image(mask), case_dir / "mask.png")
         soft_path = None
         if feather > 0:
@@ -459,7 +462,8 @@ def prepare(
         ys, xs = np.nonzero(mask)
         record = {
             "id": case.id,
-            "image": os.path.relpath(case.image),
+            "image": str(case_dir / "image.png"),  # the photo generate reads: upright 8-bit RGB, as a viewer shows it
+            "source_image": os.path.relpath(case.image),  # the file the manifest names
             "image_size": list(case.size),
             "box": list(case.box),
             "prompt": case.prompt,

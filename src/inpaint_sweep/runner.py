@@ -30,7 +30,7 @@ from PIL import Image
 from . import tracking
 from .config import SWEEP_AXES
 from .identity import Digests, _flatten, cell_id, cell_identity, generation_config, model_fingerprint
-from .images import save_image, write_json
+from .images import load_photo, save_image, write_json
 from .inpaint import denoise, seed_list, to_photo, working_size
 from .provenance import code_version
 from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, write_record
@@ -203,7 +203,7 @@ class SweepRunner:
         """A case's photo, mask and soft mask, decoded once per process (read only: shared by threads)."""
         key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), case.soft_mask)
         if key not in self._inputs:
-            image = Image.open(case.image).convert("RGB")
+            image = load_photo(case.image, warn=False)
             mask = np.asarray(Image.open(case.mask)) > 127
             soft = np.asarray(Image.open(case.soft_mask).convert("L")) if case.soft_mask else None
             if len(self._inputs) >= 8:  # a few cases' worth: each job runs every case
