@@ -71,10 +71,11 @@ def test_phone_photo_is_prepared_upright_and_the_box_lands_on_what_the_user_sees
     outside = prepared[~mask].mean(axis=0)
     assert np.abs(inside - RED).max() < 12 and np.abs(outside - BLUE).max() < 12  # JPEG: close, not exact
     assert Image.open(folder / "overlay.png").size == (120, 60)
-    # What generate decodes (cells._case_inputs, the loader) is that upright photo.
-    from inpaint_sweep.cells import _case_inputs
+    # What generate decodes (runner.decode_inputs, the loader) is that upright photo.
+    from inpaint_sweep.records import PreparedCase
+    from inpaint_sweep.runner import decode_inputs
 
-    image, decoded_mask, _ = _case_inputs(record["image"], "digest", record["mask"], "digest", None, None)
+    image, decoded_mask, _ = decode_inputs(PreparedCase.from_dict(record))
     assert image.size == (120, 60) and (decoded_mask == mask).all()
 
 

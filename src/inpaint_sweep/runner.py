@@ -203,12 +203,9 @@ class SweepRunner:
         """A case's photo, mask and soft mask, decoded once per process (read only: shared by threads)."""
         key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), case.soft_mask)
         if key not in self._inputs:
-            image = load_photo(case.image, warn=False)
-            mask = np.asarray(Image.open(case.mask)) > 127
-            soft = np.asarray(Image.open(case.soft_mask).convert("L")) if case.soft_mask else None
             if len(self._inputs) >= 8:  # a few cases' worth: each job runs every case
                 self._inputs.pop(next(iter(self._inputs)))
-            self._inputs[key] = (image, mask, soft)
+            self._inputs[key] = decode_inputs(case)
         return self._inputs[key]
 
     # -- Comet ---------------------------------------------------------------------------------------------------
@@ -335,6 +332,14 @@ class SweepRunner:
                 self._bar.close()
             if self._lock_file:
                 self._lock_file.release()
+
+
+def decode_inputs(case: PreparedCase) -> tuple:
+    """The photo generate works on (the upright 8-bit copy prepare wrote), its mask and its soft mask."""
+    image = load_photo(case.image, warn=False)
+    mask = np.asarray(Image.open(case.mask)) > 127
+    soft = np.asarray(Image.open(case.soft_mask).convert("L")) if case.soft_mask else None
+    return image, mask, soft
 
 
 def _settings(cfg) -> dict:
