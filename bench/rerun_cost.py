@@ -25,7 +25,9 @@ def generate(tmp: Path, guidance: list[float], seeds: list[int]) -> float:
            f"paths.prepare={tmp}/prep", f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store",
            f"hydra.sweep.dir={tmp}/gen/hydra"]
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"generate failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
