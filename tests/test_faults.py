@@ -219,3 +219,54 @@ def test_parallel_comet_logging_writes_only_sound_archives(tmp_path, photo):
         with zipfile.ZipFile(archive) as z:
             assert z.testzip() is None, f"{archive} is corrupt"
             assert f"cell-{i}" in z.read("experiment.json").decode() + z.read("messages.json").decode()
+
+
+class _AcceptingComet(http.server.BaseHTTPRequestHandler):
+    """A Comet stand-in on loopback that accepts the key (the uploads themselves are recorded by UPLOAD_RECORDER)."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"userName": "tester"}')
+
+    def log_message(self, *args):
+        pass
+
+
+# comet_ml's own offline uploader, replaced in the stage's processes by one that records what it was asked to send
+# (the real one speaks Comet's whole REST API, which no loopback stand-in here implements).
+UPLOAD_RECORDER = '''
+import os, comet_ml.offline
+
+def upload_single_offline_experiment(offline_archive_path, api_key, force_upload, **kwargs):
+    with open(os.environ["UPLOAD_LOG"], "a") as f:
+        f.write(offline_archive_path + "\\n")
+    return True
+
+comet_ml.offline.upload_single_offline_experiment = upload_single_offline_experiment
+'''
+
+
+def test_cells_logged_offline_are_uploaded_once_when_comet_is_reachable(tmp_path, prepared, model_cache):
+    offline = generate(tmp_path, prepared, model_cache, "guidance=5,9", env=stage_env())
+    assert offline.returncode == 0 and len(list((tmp_path / "gen" / "comet").glob("*.zip"))) == 2
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AcceptingComet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(UPLOAD_RECORDER)
+    uploads = tmp_path / "uploads.log"
+    env = stage_env(COMET_URL_OVERRIDE=f"http://127.0.0.1:{server.server_port}/clientlib/", COMET_API_KEY="key",
+                    PYTHONPATH=str(tmp_path / "site"), UPLOAD_LOG=str(uploads))
+    try:
+        online = generate(tmp_path, prepared, model_cache, "guidance=5,9", env=env)
+        again = generate(tmp_path, prepared, model_cache, "guidance=5,9", env=env)
+    finally:
+        server.shutdown()
+    assert online.returncode == 0 and again.returncode == 0, online.stderr + again.stderr
+    sent = uploads.read_text().splitlines()
+    assert len(sent) == 2 and all(Path(p).name == "comet.zip" and (tmp_path / "store") in Path(p).parents
+                                  for p in sent)  # each stored archive, once: the second run sent nothing
+    records = [json.loads(p.read_text()) for p in (tmp_path / "gen" / "cells").glob("*/record.json")]
+    assert all(r["comet_uploaded"] for r in records)
