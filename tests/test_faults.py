@@ -119,10 +119,16 @@ def test_rejected_key_warns_once_and_logs_offline(tmp_path, prepared, model_cach
         ("steps=4,abc", "error: Value 'abc' of type 'str' could not be converted to Integer full_key: steps "
                         "object_type=Config"),
         ("guidanse=5", "error: Key 'guidanse' not in 'Config' full_key: guidanse object_type=Config"),
+        ("+newkey=1", "error: unknown key 'newkey' in '+newkey=1': the typed config has no such key (nothing would "
+                      "read it); see `python stages/generate.py --help` for the keys"),
+        ("hydra/launcher=joblib hydra.launcher.n_jobs=0",
+         "error: hydra.launcher.n_jobs must be >= 1 (or -1: one job per CPU core), got hydra.launcher.n_jobs=0"),
+        ("model.device=cuda:7", "error: model.device=cuda:7 but this machine has no such CUDA device; use "
+                                "model.device=auto or cpu"),
     ],
 )
 def test_bad_grid_value_stops_the_sweep_before_any_cell(tmp_path, override, words):
-    result = run(["python", "stages/generate.py", "-m", override, "hydra.sweeper.params.strength='0.75,1.0'",
+    result = run(["python", "stages/generate.py", "-m", *override.split(), "hydra.sweeper.params.strength='0.75,1.0'",
                   f"paths.generate={tmp_path}/gen", f"paths.cell_store={tmp_path}/store",
                   f"hydra.sweep.dir={tmp_path}/gen/hydra"], check=False)
     assert result.returncode == 2

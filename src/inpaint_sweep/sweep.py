@@ -128,14 +128,29 @@ def precheck_command_line(argv: list[str]) -> None:
     """Type-check the command line's plain overrides (steps=abc, a typo'd key) before Hydra starts, so they fail with
     the same one-line error and exit code 2 as every other bad value; Hydra's own report spans several lines.
     Group selections and hydra.* overrides are left to Hydra."""
-    from .config import load_config
+    from .config import ConfigError, load_config
 
+    for arg in argv:  # `+key=value` adds a key the schema does not know: nothing would read it
+        if arg.startswith("+") and "=" in arg and not arg.lstrip("+").startswith("hydra"):
+            key = arg.lstrip("+").split("=", 1)[0]
+            raise ConfigError(f"unknown key {key!r} in {arg!r}: the typed config has no such key (nothing would read "
+                              "it); see `python stages/generate.py --help` for the keys")
     overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
     groups = [a for a in overrides if a.split("=", 1)[0] == "model"]
     base = load_config(groups)
     for key, found in grid_values({}, [a for a in overrides if a not in groups]).items():
         for value in found:
             OmegaConf.update(base.copy(), key, value, merge=False)
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """The parallel launchers' worker counts, which they would otherwise refuse with a traceback mid-start."""
+    from .config import ConfigError
+
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is not None and (n_jobs == 0 or n_jobs < -1):
+        raise ConfigError(f"hydra.launcher.n_jobs must be >= 1 (or -1: one job per CPU core), got "
+                          f"hydra.launcher.n_jobs={n_jobs}")
 
 
 def sweep_id() -> str:
@@ -174,6 +189,7 @@ class SweepCallback(Callback):
 
         values = grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task)
         check_grid(config, values)
+        check_launcher(config.hydra.launcher)
         cases = _check_inputs(config)
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{JOB_REPORT}"):
             stale.unlink()
