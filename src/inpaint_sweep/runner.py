@@ -37,6 +37,8 @@ from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, wri
 from .store import CellStore, ViewLock, prune, show, view_paths, write_failed
 
 log = logging.getLogger(__name__)
+# model.* keys that a loaded pipeline serves as it is (set per call or per job): changing them never reloads.
+NOT_LOAD_SETTINGS = ("name", "scheduler", "size", "padding_mask_crop", "cpu_threads")
 JOB_REPORT = "job_cells.json"  # a worker process's cells and counts, in its Hydra job folder, for the launcher
 STATUSES = ("done", "skipped", "failed")
 
@@ -107,14 +109,13 @@ class SweepRunner:
         """The loaded pipeline for `model_cfg`, with its scheduler set; loading it releases the previous one."""
         from .model import load_model, set_scheduler, use_cpu_threads
 
-        settings = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k not in ("scheduler", "name")}
+        settings = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k not in NOT_LOAD_SETTINGS}
         key = repr(sorted(settings.items()))
         if self._loaded is None or self._loaded[0] != key:
             self.release_model()
-            loaded = load_model(model_cfg)
-            use_cpu_threads(loaded.device, model_cfg.cpu_threads)
-            self._loaded = (key, loaded)
+            self._loaded = (key, load_model(model_cfg))
         loaded = self._loaded[1]
+        use_cpu_threads(loaded.device, model_cfg.cpu_threads)
         set_scheduler(loaded, model_cfg.scheduler)
         return loaded
 
