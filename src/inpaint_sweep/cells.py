@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import threading
 import time
 import traceback
@@ -32,6 +31,7 @@ from . import tracking
 from .config import SWEEP_AXES, ConfigError
 from .images import save_image, write_json
 from .inpaint import denoise, seed_list, to_photo, working_size
+from .provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +49,6 @@ def cell_id(case_id: str, determinants: dict) -> str:
     """`<case>-<12 hex>`: a hash of everything that decides the cell's pixels, so equal settings share one id."""
     blob = json.dumps(determinants, sort_keys=True, default=str).encode()
     return f"{case_id}-{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The git commit of the code, with `-dirty` when tracked files have uncommitted changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def load_prepared(prepare_dir: str | Path) -> list[dict]:
