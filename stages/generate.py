@@ -19,6 +19,7 @@ from inpaint_sweep.cells import RECORD, load_prepared, read_record, run_cell
 from inpaint_sweep.cells import flush as flush_cells
 from inpaint_sweep.config import SWEEP_AXES, check_config
 from inpaint_sweep.model import load_model, set_scheduler, use_cpu_threads
+from inpaint_sweep.workspace import shared_path
 
 log = logging.getLogger("generate")
 # One id for every job this process runs, so Comet can group a sweep's experiments (override with INPAINT_SWEEP_ID).
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> None:
     cases = load_prepared(cfg.paths.prepare)
     m = cfg.model
     model = load_model(
-        m.source, m.id, m.revision, m.variant, m.dtype, m.device, m.seed, m.cache_dir, config=m.config,
+        m.source, m.id, m.revision, m.variant, m.dtype, m.device, m.seed, shared_path(m.cache_dir), config=m.config,
         pipeline=m.pipeline, vae_upcast=m.vae_upcast, attention=m.attention, channels_last=m.channels_last,
         compile_unet=m.compile_unet, offload=m.offload, vae_tiling=m.vae_tiling, vae_slicing=m.vae_slicing,
         allow_unsafe_pickle=m.allow_unsafe_pickle, safety_checker=m.safety_checker,
@@ -54,7 +55,7 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.paths.generate)
     OUTPUT_DIRS.add(out)
     for case in cases:
-        record, status = run_cell(model, case, settings, Path(cfg.paths.cell_store), out, cfg.tracking, SWEEP_ID,
+        record, status = run_cell(model, case, settings, shared_path(cfg.paths.cell_store), out, cfg.tracking, SWEEP_ID,
                                   on_finished=_finished)
         if status == "failed":
             log.error("cell %s failed: %s", record["cell_id"], record["error"])

@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .cli import one_line_errors
 from .config import check_config
+from .workspace import shared_path
 
 COUNTS = {"done": 0, "skipped": 0, "failed": 0}
 STATE = {"bar": None}  # the overall progress bar of this process's multirun
@@ -206,7 +207,7 @@ def _start_comet_logger(config: DictConfig) -> None:
 
 class SweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        reset_view(config.paths.generate, config.paths.cell_store)  # a single run: one cell per case, no bar
+        reset_view(config.paths.generate, shared_path(config.paths.cell_store))  # a single run: one cell per case
         claim(config.paths.generate)
         _start_comet_logger(config)
 
@@ -214,7 +215,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         values = grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task)
         check_grid(config, values)
-        reset_view(config.paths.generate, config.paths.cell_store)
+        reset_view(config.paths.generate, shared_path(config.paths.cell_store))
         claim(config.paths.generate)
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{WORKER_COUNTS}"):
             stale.unlink()
