@@ -4,9 +4,10 @@
     python -m inpaint_sweep.exp_queue --wait   # after your own `dvc queue start`: wait for it, then the verdict
 
 `dvc exp run --run-all` prints "Failed to reproduce experiment(s)" and exits 0, and `dvc queue start` returns at once;
-DVC 3.67 has no `dvc queue wait`. So this judges the experiments that were queued or running when it started (failures
-left from earlier runs are not counted; `dvc queue remove --failed` clears them): it prints each one's status, the end
-of each failed one's log (`dvc queue logs <name>` has all of it), and exits 1 if any of them failed.
+DVC 3.67 has no `dvc queue wait`. This waits until no experiment is queued or running, prints each one's status and
+the end of each failed one's log (`dvc queue logs <name>` has all of it), and exits 1 if any failed. Which ones count:
+the experiments queued when it starts; with --wait every experiment `dvc queue status` lists, finished ones included
+(a quick failure may be over before this starts), so an old failure counts until `dvc queue remove --failed`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _log_tail(task: dict, root: str, lines: int = 15) -> str:
 
 def verdict(final: dict[str, dict], root: str = ".") -> int:
     """Print each experiment's status and the end of each failed one's log; 1 if any failed, else 0."""
+    final = dict(sorted(final.items(), key=lambda item: item[1]["timestamp"]))  # in the order they were queued
     failed = [t for t in final.values() if t["status"] != "Success"]
     for task in final.values():
         print(f"{task.get('name') or task['rev'][:7]}: {task['status']}")
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", help="the repository (default: the current directory)")
     args = parser.parse_args(argv)
 
-    tasks = {rev for rev, task in queue_status(args.root).items() if task["status"] in PENDING}
+    status = queue_status(args.root)
+    tasks = set(status) if args.wait else {rev for rev, task in status.items() if task["status"] in PENDING}
     if not tasks:
         print("no queued experiments (queue some with `dvc exp run --queue -S ...`)")
         return 0
