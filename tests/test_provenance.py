@@ -15,7 +15,7 @@ def git(repo, *args):
 def repo(tmp_path):
     """A small repository laid out like this one, one commit."""
     for name in ("src/inpaint_sweep/cells.py", "stages/generate.py", "conf/model/tiny.yaml", "dvc.yaml",
-                 "params.yaml", "dvc.lock", "data/images.dvc", ".dvc/config"):
+                 "params.yaml", "dvc.lock", "data/images.dvc", ".dvc/config", "results/report/metrics.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("v1\n")
     git(tmp_path, "init", "-q")
@@ -33,8 +33,8 @@ def test_files_dvc_writes_never_make_the_code_dirty(repo):
     (repo / "params.yaml").write_text("hydra.sweeper.params.guidance: 5,12  # dvc exp run -S\n")
     (repo / "data/images.dvc").write_text("recommitted\n")
     (repo / ".dvc/config").write_text("[core]\n remote = shared\n")
-    (repo / "results/report").mkdir(parents=True)
-    (repo / "results/report/metrics.json").write_text("{}")
+    (repo / "results/report/metrics.json").write_text('{"cells": 2}')  # in git, rewritten by every run
+    (repo / "results/report/runs.csv").write_text("untracked")
     assert code_version(repo) == head
     assert code_version(repo / "results") == head  # from a subdirectory too
 

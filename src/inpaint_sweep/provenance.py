@@ -12,9 +12,10 @@ from pathlib import Path
 #   params.yaml  edited by `dvc exp run -S ...`, and by DVC in the temporary workspace of a queued experiment (each
 #                cell record holds the values it used, so the config is recorded anyway);
 #   *.dvc        rewritten when `dvc repro`/`dvc commit` caches a data source (data/images.dvc);
-#   .dvc/        DVC's own config (`dvc remote add` edits .dvc/config).
+#   .dvc/        DVC's own config (`dvc remote add` edits .dvc/config);
+#   results/     stage outputs; only the report's metrics.json is in git (`cache: false`), rewritten by each run.
 # Everything else that git tracks counts: src/, stages/, conf/, dvc.yaml, pyproject.toml, the manifests, ...
-NOT_CODE = ("dvc.lock", "params.yaml", "**/*.dvc", ".dvc")
+NOT_CODE = ("dvc.lock", "params.yaml", "**/*.dvc", ".dvc", "results")
 
 
 def _git(args: list[str], cwd: Path | None) -> str:
