@@ -93,12 +93,18 @@ def test_queued_grids_share_the_cell_store_and_a_failed_one_fails_the_command(tm
     run(["dvc", "exp", "show", "--only-changed", "--no-pager"], cwd=repo, env=env)
 
     # 4. A bad experiment, started with `dvc queue start`: DVC says nothing, the waiting command exits 1 and says why
-    #    (it judges every experiment the queue lists: the two above and this one).
+    #    (it judges every experiment the queue lists: the two above and this one). It is queued with a code edit,
+    #    undone in the workspace before it runs: the experiment must still run its own code, not the workspace's.
+    offline = repo / "src/inpaint_sweep/offline.py"
+    original = offline.read_text()
+    offline.write_text(original + "\nprint('code as queued')\n")
     run(["dvc", "exp", "run", "--queue", "-S", "hydra.sweeper.params.steps='0'"], cwd=repo, env=env)
+    offline.write_text(original)
     started = run(["dvc", "queue", "start"], cwd=repo, env=env)
     assert started.returncode == 0
     waited = run(python + ["inpaint_sweep.exp_queue", "--wait"], cwd=repo, env=env, timeout=600, check=False)
     assert waited.returncode == 1, waited.stdout + waited.stderr
     assert "steps must be >= 1, got steps=0" in waited.stderr
+    assert "code as queued" in waited.stderr  # printed by the queued copy of the package, in its log's last lines
     assert "1 of 3 queued experiment(s) failed" in waited.stderr
     assert "Failed" in run(["dvc", "queue", "status"], cwd=repo, env=env).stdout
