@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install data repro test bench clean
+.PHONY: install data repro queue exps test bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,17 @@ data: install
 
 repro: data
 	dvc repro
+
+# DVC experiments (README "Compare two grids"): run every experiment queued with `dvc exp run --queue -S ...`,
+# JOBS at a time; unlike `dvc exp run --run-all`, exit 1 when any of them failed.
+JOBS ?= 1
+queue: data
+	$(PY) -m inpaint_sweep.exp_queue --jobs $(JOBS)
+
+# The experiments table that fits a terminal: changed grid values and the report's metrics (`dvc exp show` options
+# go in EXP, e.g. make exps EXP="-A").
+exps: install
+	$(PY) -m inpaint_sweep.exp_table $(EXP)
 
 # The HTML report's browser test needs Debian's chromium; install it (we run as root in CI) only when missing.
 test: data

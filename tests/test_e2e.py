@@ -25,13 +25,16 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert sorted(runs["guidance"]) == [5.0, 9.0] and (runs["status"] == "ok").all()
     assert len(list((repo / "results" / "report" / "grids").glob("*.png"))) == 1
     assert len(list((repo / "results" / "generate" / "comet").glob("*.zip"))) == 2
+    # dvc.lock, params.yaml and results/ were rewritten by now: not a change to the code
+    assert not any(json.loads(p.read_text())["code_version"].endswith("-dirty")
+                   for p in (repo / "results" / "generate" / "cells").glob("*/record.json"))
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=repo, env=env).stdout)
     assert "results/report/metrics.json" in json.dumps(metrics) and '"cells": 2' in json.dumps(metrics)
 
     # 2. Nothing changed: nothing runs.
     second = run(["dvc", "repro"], cwd=repo, env=env)
     assert "Running stage" not in second.stdout
-    assert second.stdout.count("didn't change, skipping") == 3
+    assert second.stdout.count("didn't change, skipping") == 4  # data/images.dvc and the three stages
 
     # 3. Edit one grid value the way the README says: generate and report run again, prepare does not.
     run(["git", "add", "-A"], cwd=repo)
@@ -41,5 +44,8 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "Running stage 'generate'" in third.stdout and "Running stage 'report'" in third.stdout
     runs = pd.read_csv(repo / "results" / "report" / "runs.csv")
     assert sorted(runs["guidance"]) == [5.0, 12.0]
+    metrics = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], cwd=repo, env=env).stdout)
+    metrics = metrics["results/report/metrics.json"]  # HEAD's values come from git: no `dvc pull` needed
+    assert metrics["cells"]["old"] == metrics["cells"]["new"] == 2 and metrics["mean.drift_psnr"]["old"] is not None
     diff = run(["dvc", "params", "diff"], cwd=repo, env=env).stdout
     assert "hydra.sweeper.params.guidance" in diff and "5,9" in diff and "5,12" in diff

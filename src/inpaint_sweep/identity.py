@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .config import ConfigError
+from .workspace import shared_path
 from .images import write_json
 from .records import PreparedCase, sha256
 
@@ -160,7 +161,7 @@ def model_fingerprint(model, digests: Digests) -> tuple[str, str]:
     if model.source == "tiny":
         from .tiny_model import TINY_MODEL_VERSION, ensure_tiny_checkpoint
 
-        folder = ensure_tiny_checkpoint(model.cache_dir, model.seed)
+        folder = ensure_tiny_checkpoint(shared_path(model.cache_dir), model.seed)
         return f"tiny:{folder_fingerprint(folder, digests)}", f"v{TINY_MODEL_VERSION}-seed{model.seed}"
     path = Path(str(model.id))
     if model.source == "single_file":

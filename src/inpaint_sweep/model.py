@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .workspace import shared_path
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def load_model(model) -> LoadedModel:
     if source == "tiny":
         from .tiny_model import TINY_MODEL_VERSION, ensure_tiny_checkpoint
 
-        folder = ensure_tiny_checkpoint(model.cache_dir, model.seed)
+        folder = ensure_tiny_checkpoint(shared_path(model.cache_dir), model.seed)
         pipe = _from_pretrained(str(folder), None, None, torch_dtype, safety_checker=model.safety_checker)
         model_id, revision = "builtin/tiny-sd-inpaint", f"v{TINY_MODEL_VERSION}-seed{model.seed}"
     elif source == "pretrained":

@@ -34,6 +34,7 @@ from .images import load_photo, save_image, write_json
 from .inpaint import denoise, seed_list, to_photo, working_size
 from .provenance import code_version
 from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, write_record
+from .workspace import shared_path
 from .store import CellStore, ViewLock, prune, show, view_paths, write_failed
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class SweepRunner:
         self._lock_file = ViewLock(self.view) if lock else None
         if self._lock_file:
             self._lock_file.acquire()  # first: a refused sweep has made nothing
-        self.store = CellStore(cfg.paths.cell_store)
+        self.store = CellStore(shared_path(cfg.paths.cell_store))  # queued DVC experiments share the main one
         self.sweep_id = sweep_id
         self.pid = os.getpid()
         self.launcher = lock  # the launching process's runner (it owns the view); False in a launcher's worker
