@@ -137,26 +137,19 @@ def show(store: CellStore, record: dict, view_dir: Path) -> dict:
 
 
 def _copy_unless_same(source: Path, target: Path, size: int) -> None:
-    """Copy (a new inode, the user's umask), unless the target is already a verified copy: a re-run's view keeps
-    its files. A same-size file is compared byte for byte."""
+    """Copy (a new inode, the user's umask, the source's mtime), unless the target is such a copy already: same size
+    and mtime, which a re-run's view keeps (an edit in place changes the mtime, and the file is copied again)."""
+    stored = os.stat(source)
     try:
-        if os.path.getsize(target) == size and _same_bytes(source, target):
+        shown = os.stat(target)
+        if shown.st_size == size and shown.st_mtime_ns == stored.st_mtime_ns:
             return
     except OSError:
         pass
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, tmp)
+    os.utime(tmp, ns=(stored.st_atime_ns, stored.st_mtime_ns))
     os.replace(tmp, target)
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
 
 
 def prune(view_dir: Path, keep: set[str]) -> int:
