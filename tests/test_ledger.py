@@ -293,3 +293,20 @@ def _changed(base, key, value):
         if OmegaConf.select(cfg, key) != value:
             return cfg
     raise AssertionError(f"no other value found for {key}={value!r}")
+
+
+def test_a_prompt_longer_than_the_model_reads_is_one_warning_and_recorded(tmp_path, prepared, model_cache):
+    cases = json.loads((prepared / "cases.json").read_text())
+    from inpaint_sweep.tiny_model import build_tokenizer
+
+    long = "a realistic green dragon with scales " * 4
+    dropped = len(build_tokenizer()(long).input_ids) - 77  # the tiny model's CLIP reads 77 tokens, as SD's does
+    assert dropped > 0
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "cases.json").write_text(json.dumps([{**cases[0], "prompt": long}]))
+    result = generate(tmp_path, tmp_path / "prep", model_cache, "-m", "guidance=5,9", "tracking.comet=false")
+    printed = result.stdout + result.stderr
+    assert printed.count("is longer than the model reads") == 1, printed  # once per prompt, not per cell
+    assert f"its last {dropped} token(s) are dropped" in printed
+    assert "Token indices sequence length" not in printed  # not the library's misleading warning
+    assert all(r["prompt_truncated"] is True and r["negative_prompt_truncated"] is False for r in view(tmp_path))

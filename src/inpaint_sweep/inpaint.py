@@ -22,6 +22,17 @@ def seed_list(seed) -> list[int]:
     return [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
 
 
+def dropped_tokens(pipe, text: str) -> int:
+    """How many of `text`'s tokens the pipeline's text encoder(s) never see: CLIP reads at most
+    `tokenizer.model_max_length` tokens (77, start and end tokens included) and diffusers cuts the rest."""
+    dropped = 0
+    for tokenizer in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)):
+        if tokenizer is not None and text:
+            count = len(tokenizer(text, truncation=False, verbose=False).input_ids)
+            dropped = max(dropped, count - tokenizer.model_max_length)
+    return max(0, dropped)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two float arrays in [0, 1] (inf when identical)."""
     mse = float(np.mean((a - b) ** 2)) if a.size else 0.0

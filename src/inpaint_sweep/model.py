@@ -103,6 +103,11 @@ def _quiet() -> None:
 
     diffusers_logging.disable_progress_bar()  # the sweep has its own progress bar
     transformers_logging.disable_progress_bar()
+    # A prompt longer than CLIP reads: the runner says how many tokens are dropped, once per prompt; the libraries'
+    # own lines (a misleading "indexing errors" warning, then one line per call) are silenced.
+    for name in ("transformers.tokenization_utils_base", "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint",
+                 "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype,

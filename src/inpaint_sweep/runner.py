@@ -31,7 +31,7 @@ from . import tracking
 from .config import SWEEP_AXES
 from .identity import Digests, _flatten, cell_id, cell_identity, generation_config, model_fingerprint
 from .images import load_photo, save_image, write_json
-from .inpaint import denoise, seed_list, to_photo, working_size
+from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .provenance import code_version
 from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, write_record
 from .workspace import shared_path
@@ -65,6 +65,7 @@ class SweepRunner:
         self._fingerprints: dict[str, tuple[str, str]] = {}
         self._cases: dict[str, list[PreparedCase]] = {}
         self._inputs: dict[tuple, tuple] = {}
+        self._warned: set[tuple] = set()
         # Finishing computed cells: one thread per two CPU cores (at most 4), at most twice as many cells waiting, so
         # a fast GPU cannot pile up images in memory faster than they are written.
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -148,6 +149,7 @@ class SweepRunner:
             record["scheduler_class"] = type(model.pipe.scheduler).__name__
             record["device"], record["dtype"] = model.device, model.dtype
             image, mask, soft = self._case_inputs(case)
+            self._check_prompts(record, model.pipe, case.prompt, cfg.negative_prompt)
             raws, metrics, box, nsfw = denoise(
                 model.pipe, image, mask, case.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance, cfg.strength,
                 seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
@@ -200,6 +202,16 @@ class SweepRunner:
         with self._lock:
             self.failed.append(record["cell_id"])
         self._advance("failed", record["cell_id"])
+
+    def _check_prompts(self, record: dict, pipe, prompt: str, negative_prompt: str) -> None:
+        """Record (and say once per prompt) how many tokens the model cannot read."""
+        for key, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            dropped = dropped_tokens(pipe, text)
+            record[f"{key}_truncated"] = dropped > 0
+            if dropped and (key, text) not in self._warned:
+                self._warned.add((key, text))
+                log.warning("case %s: the %s is longer than the model reads; its last %d token(s) are dropped: %r",
+                            record["case"], key.replace("_", " "), dropped, text)
 
     def _case_inputs(self, case: PreparedCase):
         """A case's photo, mask and soft mask, decoded once per process (read only: shared by threads)."""
