@@ -325,3 +325,122 @@ def test_peak_memory_on_cpu_sees_an_allocation_and_resets():
     reset_peak_memory("cpu")
     assert with_block - before > 250
     assert peak_memory_mb("cpu") < with_block - 250  # a new peak after the reset (Linux: /proc/self/clear_refs)
+
+
+LONG_PROMPT = "a realistic green dragon with golden scales breathing blue fire over a rainy city street at dusk"
+
+
+def config_cells(root, settings: list[dict], with_config=True):
+    """Cells whose records carry the whole resolved config (`config`, flat dotted keys), as generate will write."""
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    save_image(Image.fromarray(photo), root / "input.png")
+    mask = np.zeros((40, 30), bool)
+    mask[10:30, 5:20] = True
+    save_image(to_mask_image(mask), root / "mask.png")
+    for n, extra in enumerate(settings):
+        cid = f"case-{n:03d}"
+        pixels = photo.copy()
+        pixels[mask] = rng.integers(0, 255, (mask.sum(), 3), dtype=np.uint8)
+        path = root / "cells" / cid / "seed-0.png"
+        save_image(Image.fromarray(pixels), path)
+        config = {"steps": 4, "guidance": 7.5, "strength": 1.0, "negative_prompt": "", "seed": 0, "prompt": None,
+                  "model.name": "tiny", "model.id": None, "model.scheduler": None, "mask.dilate": 8, **extra}
+        record = {"cell_id": cid, "status": "ok", "error": None, "case": "case",
+                  "prompt": config["prompt"] or "a red fox", "steps": config["steps"], "guidance": config["guidance"],
+                  "strength": config["strength"], "negative_prompt": config["negative_prompt"], "seed": 0,
+                  "model": config["model.name"], "scheduler": config["model.scheduler"], "padding_mask_crop": None,
+                  "input": str(root / "input.png"), "mask": str(root / "mask.png"), "soft_mask": None,
+                  "working_size": [24, 32], "sweep_id": "s", "images": [
+                      {"seed": 0, "path": str(path), "nsfw": False, "metrics": {"seconds": 0.1 * (n + 1)}}]}
+        if with_config:
+            record["config"] = config
+        write_json(record, root / "cells" / cid / "record.json")
+    return len(settings)
+
+
+def test_the_report_follows_any_swept_key_scheduler_x_guidance(tmp_path):
+    """A scheduler sweep (one value the checkpoint's own: null) x guidance: no two cells share a grid position."""
+    grid = [{"model.scheduler": s, "guidance": g} for s in (None, "euler_a", "dpmpp_2m") for g in (5.0, 7.5)]
+    n = config_cells(tmp_path, grid)
+    report = build_report(tmp_path / "cells", tmp_path / "report", rows="scheduler")  # the last part is enough
+    assert report["axes"] == ["guidance", "model.scheduler"]
+    assert (report["rows"], report["cols"]) == ("model.scheduler", "guidance")
+    assert report["grids"] == 1 and sum(g["cells"] for g in report["grid_files"]) == n == 6  # drawn cells == cells
+    by_axis = pd.read_csv(tmp_path / "report" / "by_axis.csv", keep_default_na=False)
+    assert by_axis[by_axis["axis"] == "model.scheduler"]["value"].tolist() == ["(default)", "dpmpp_2m", "euler_a"]
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv", keep_default_na=False)
+    assert sorted(set(runs["model.scheduler"])) == ["(default)", "dpmpp_2m", "euler_a"]
+    assert set(runs["negative_prompt"]) == {"(none)"}  # the same words in every table
+    plot = pd.read_csv(tmp_path / "report" / "plots" / "seam.csv")
+    assert "model.scheduler = (default)" in plot["setting"].tolist()
+    assert (tmp_path / "report" / "plots" / "axes" / "model.scheduler.csv").is_file()
+    # Keys that always change together are one axis; either name picks it.
+    twins = [{"model.name": m, "model.id": f"/models/{m}", "guidance": g} for m in ("a", "b") for g in (5.0, 7.5)]
+    config_cells(tmp_path / "twins", twins)
+    report = build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", rows="model.id")
+    assert report["axes"] == ["guidance", "model.id"] and report["twins"]["model.id"] == ["model.name"]
+    assert report["rows"] == "model.id" and sum(g["cells"] for g in report["grid_files"]) == 4
+    with pytest.raises(ConfigError, match=r"report.cols='mask.dilate' did not vary in this sweep; choose one of "
+                                          r"the axes that did \(guidance, model.id\)"):
+        build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", cols="mask.dilate")
+
+
+def test_three_swept_keys_slice_the_grids_and_records_without_config_still_read(tmp_path):
+    grid = [{"mask.dilate": d, "model.scheduler": s, "guidance": g}
+            for d in (4, 8) for s in ("euler", "ddim") for g in (5.0, 7.5)]
+    n = config_cells(tmp_path, grid)
+    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "mask.dilate")
+    assert [g["path"].name for g in report["grid_files"]] == ["case__model.scheduler=ddim.png",
+                                                              "case__model.scheduler=euler.png"]
+    assert sum(g["cells"] for g in report["grid_files"]) == n
+    # Today's records (no `config`): the top-level fields are read under the same names.
+    old = [{"model.scheduler": s, "guidance": g} for s in ("euler", None) for g in (5.0, 7.5)]
+    config_cells(tmp_path / "old", old, with_config=False)
+    report = build_report(tmp_path / "old" / "cells", tmp_path / "old" / "report", "scheduler", "guidance")
+    assert report["axes"] == ["guidance", "model.scheduler"] and sum(g["cells"] for g in report["grid_files"]) == 4
+
+
+def test_a_long_prompt_is_short_on_the_margin_and_whole_in_the_table(tmp_path):
+    from inpaint_sweep.grids import short
+
+    config_cells(tmp_path, [{"prompt": p, "guidance": g} for p in ("a fox", LONG_PROMPT) for g in (5.0, 7.5)])
+    report = build_report(tmp_path / "cells", tmp_path / "report", "prompt", "guidance")
+    assert report["rows"] == "prompt"
+    label = short(LONG_PROMPT)
+    assert len(label) <= 28 and label.startswith("a realistic") and "..." in label
+    by_axis = pd.read_csv(tmp_path / "report" / "by_axis.csv")
+    assert LONG_PROMPT in by_axis["value"].tolist()  # whole in the tables
+    from inpaint_sweep.html_report import render
+
+    html = render(report, ["seconds"], "prompt", "guidance", None)
+    assert LONG_PROMPT in html and f"prompt = {label}" not in html  # whole in the table's data; charts shorten it
+    wide = build_report(tmp_path / "cells", tmp_path / "wide", "guidance", "prompt")["grid_files"][0]
+    assert wide["size"][0] < 1400  # the long label did not widen the grid
+
+
+@pytest.mark.slow
+def test_stage_report_of_a_real_scheduler_x_guidance_sweep(tmp_path):
+    """`generate.py -m model.scheduler=euler_a,dpmpp_2m guidance=5,7.5` on the tiny model, then the report stage:
+    every cell drawn once, the scheduler an axis everywhere, the quality metrics in runs.csv and by_axis.csv."""
+    prepared = tmp_path / "prepared"
+    run(["python", "stages/prepare.py", f"paths.prepare={prepared}"])
+    gen = tmp_path / "gen"
+    run(["python", "stages/generate.py", "-m", "model.scheduler=euler_a,dpmpp_2m", "guidance=5,7.5",
+         "hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=''",
+         "model.size=64", "tracking.comet=false", f"paths.prepare={prepared}", f"paths.generate={gen}",
+         f"paths.cell_store={tmp_path}/store", f"hydra.sweep.dir={gen}/hydra/multirun", f"hydra.run.dir={gen}/hydra/run",
+         f"model.cache_dir={tmp_path}/models"], timeout=600)
+    out = tmp_path / "report"
+    result = run(["python", "stages/report.py", "report.rows=scheduler", f"paths.generate={gen}",
+                  f"paths.report={out}", "tracking.comet=false"])
+    assert "4 cell(s), 4 image(s), 4 ok, 0 failed, 1 grid(s) of model.scheduler x guidance" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["axes"] == ["guidance", "model.scheduler"] and metrics["grids"] == 1
+    runs = pd.read_csv(out / "runs.csv")
+    quality = ["seam", "edge_delta_e", "texture_ratio", "outside_psnr", "outside_ssim"]
+    assert runs[quality].notna().all().all() and (runs["outside_psnr"] == 100).all()  # exact outside the mask
+    by_axis = pd.read_csv(out / "by_axis.csv")
+    assert sorted(by_axis.loc[by_axis["axis"] == "model.scheduler", "value"]) == ["dpmpp_2m", "euler_a"]
+    assert {f"{m}_mean" for m in quality} <= set(by_axis.columns)
+    assert (out / "plots" / "axes" / "model.scheduler.csv").is_file()

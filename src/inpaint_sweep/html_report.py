@@ -37,13 +37,8 @@ figure { margin: 0 0 1.5em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 .charts { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 1em; }
 .chart { border: 1px solid #ddd; background: white; }
-.best { display: flex; flex-wrap: wrap; gap: 10px; }
-.card { border: 1px solid #ccc; padding: 6px 10px; min-width: 250px; }
-.card h3 { margin: 0 0 4px; font-size: 14px; }
-.card ul { margin: 4px 0; padding-left: 1.2em; }
 .tw { position: relative; display: inline-block; line-height: 0; }
 .tw img.thumb { height: 64px; }
-.card .tw img.thumb { height: 120px; }
 .tw img.outline { position: absolute; left: 0; top: 0; height: 100%; display: none; pointer-events: none; }
 .tw.show-mask img.outline { display: block; }
 button.tg { font-size: 11px; padding: 0 4px; margin-left: 2px; vertical-align: top; }
@@ -237,7 +232,7 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
            "<title>inpaint-sweep report</title>", f"<style>{STYLE}</style></head><body>",
            "<h1>inpaint-sweep report</h1>"]
 
-    # 1. Summary: counts, sweep, Comet, the axes, the settings every image shares, mean and best per metric.
+    # 1. Summary: counts, sweep, Comet, the axes, the settings every image shares.
     out.append('<section id="summary"><h2>Summary</h2><ul>')
     out.append(f"<li>{report['cells']} cell(s), {report['images']} image(s): {report['ok']} ok, "
                f"{report['failed']} failed; {report['grids']} grid(s) of {escape(rows or '-')} (rows) &times; "
@@ -255,33 +250,25 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
         for k, v in report["constant"].items():
             out.append(f"<tr><th>{escape(k)}</th><td>{escape(fmt(v))}</td></tr>")
         out.append("</tbody></table></details>")
-    out.append("<table><thead><tr><th>metric</th><th>mean</th><th>best</th><th>better</th><th>best image</th>"
-               "</tr></thead><tbody>")
-    for m in metrics:
-        best = report["best"].get(m)
-        if best is None:
-            continue
-        settings = ", ".join(f"{a} = {short(best[a])}" for a in axes if a in best)
-        href = "#" + _anchor(best["cell_id"], best["seed"])
-        out.append(f'<tr><td>{m}</td><td class="num">{_num(report["mean"].get(m))}</td>'
-                   f'<td class="num">{_num(best["value"])}</td><td>{best["better"]}</td>'
-                   f'<td><a href="{escape(href)}">{escape(best["cell_id"])}</a> ({escape(settings)})</td></tr>')
-    out.append("</tbody></table></section>")
+    out.append("</section>")
 
-    # 2. Best settings per metric: the best image, and the best value of each axis on average over the others.
+    # 2. Best settings per metric: the best image (toggles on its thumbnail) and the best value of each axis on
+    # average over the others.
     thumb_of = {_anchor(c, s): report["thumbs"].get(i) for i, c, s in zip(df.index, df["cell_id"], df["seed"])}
-    out.append('<section id="best"><h2>Best settings</h2><div class="best">')
+    out.append('<section id="best"><h2>Best settings</h2><table id="best-table"><thead><tr><th>metric</th>'
+               "<th>better</th><th>mean</th><th>best</th><th>best image</th><th>best on average over the other axes"
+               "</th></tr></thead><tbody>")
     for m in metrics:
         best = report["best"].get(m)
         if best is None:
             continue
         anchor = _anchor(best["cell_id"], best["seed"])
-        items = "".join(f"<li>{s}</li>" for s in _best_settings(report, m))
-        out.append(f'<div class="card"><h3>{escape(m)} ({best["better"]} is better)</h3>'
-                   f'{_thumb_html(thumb_of.get(anchor), anchor)}<p>best image: <a href="#{escape(anchor)}">'
-                   f'{_num(best["value"])}</a></p>'
-                   + (f"<p>best on average:</p><ul>{items}</ul>" if items else "") + "</div>")
-    out.append("</div></section>")
+        settings = ", ".join(f"{a} = {short(best[a])}" for a in axes if a in best)
+        out.append(f'<tr><td>{escape(m)}</td><td>{best["better"]}</td><td class="num">{_num(report["mean"].get(m))}'
+                   f'</td><td class="num">{_num(best["value"])}</td><td>{_thumb_html(thumb_of.get(anchor), anchor)} '
+                   f'<a href="#{escape(anchor)}">{escape(best["cell_id"])}</a><br><small>{escape(settings)}</small>'
+                   f'</td><td>{"<br>".join(_best_settings(report, m))}</td></tr>')
+    out.append("</tbody></table></section>")
 
     # 3. Charts: each metric against each axis, mean with its spread over the other axes.
     by_axis = report["by_axis"]
