@@ -31,6 +31,7 @@ class MaskGeometry:
     """Where each metric looks, as boolean arrays over the crop `box` (y0, y1, x0, x1) around the mask."""
 
     box: tuple[int, int, int, int]
+    mask_box: tuple[int, int, int, int]  # (y0, y1, x0, x1) of the mask itself
     mask: np.ndarray  # (H, W) the whole mask: outside-the-mask metrics use it at full size
     inner: np.ndarray  # inside the mask, within BAND of its edge
     outer: np.ndarray  # outside the mask, within BAND of its edge
@@ -53,8 +54,9 @@ def mask_geometry(mask: np.ndarray) -> MaskGeometry:
     if len(ys):
         box = (max(0, ys.min() - margin), min(h, ys.max() + margin + 1),
                max(0, xs.min() - margin), min(w, xs.max() + margin + 1))
+        mask_box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
     else:
-        box = (0, 0, 0, 0)
+        box = mask_box = (0, 0, 0, 0)
     y0, y1, x0, x1 = box
     m = mask[y0:y1, x0:x1].astype(np.uint8)
     eroded = cv2.erode(m, _disk(BAND), borderType=cv2.BORDER_REPLICATE).astype(bool)
@@ -65,7 +67,7 @@ def mask_geometry(mask: np.ndarray) -> MaskGeometry:
     norm = np.hypot(gy, gx) + EPS
     far = ~cv2.dilate(mask.astype(np.uint8), _disk(SSIM_WINDOW // 2)).astype(bool)
     return MaskGeometry(
-        box=box, mask=mask, inner=crop & ~eroded, outer=dilated & ~crop, interior=eroded,
+        box=box, mask_box=mask_box, mask=mask, inner=crop & ~eroded, outer=dilated & ~crop, interior=eroded,
         texture_ring=cv2.dilate(m, _disk(TEXTURE_RING)).astype(bool) & ~crop,
         normal=np.stack([gy / norm, gx / norm]), far_outside=far,
     )
@@ -99,13 +101,14 @@ def seam(image: np.ndarray, photo: np.ndarray, geom: MaskGeometry) -> float:
 
 def edge_delta_e(image: np.ndarray, geom: MaskGeometry) -> float:
     """Colour match at the edge: CIEDE2000 between the mean Lab colour of the inner ring (just inside the mask) and
-    that of the outer ring (just outside), per TILE-pixel patch of the edge, averaged weighted by ring pixels.
+    that of the outer ring (just outside), per TILE-pixel patch of the edge, averaged weighted by ring pixels (the mean
+    colour is taken in sRGB, then converted).
     About 1 is a just-noticeable difference; a flat patch of another colour scores its distance to the photo."""
     crop = _crop(image, geom)
     ys, xs = np.nonzero(geom.inner | geom.outer)
     if not len(ys):
         return float("nan")
-    lab = rgb2lab(crop[ys, xs][:, None, :])[:, 0, :]
+    rgb = crop[ys, xs].astype(np.float64) / 255.0
     tiles_x = crop.shape[1] // TILE + 1
     tile = (ys // TILE) * tiles_x + xs // TILE
     inside = geom.inner[ys, xs]
@@ -113,13 +116,14 @@ def edge_delta_e(image: np.ndarray, geom: MaskGeometry) -> float:
     sums, counts = [], []
     for side in (inside, ~inside):
         counts.append(np.bincount(tile[side], minlength=n_tiles).astype(float))
-        sums.append(np.stack([np.bincount(tile[side], lab[side, c], minlength=n_tiles) for c in range(3)], axis=1))
+        sums.append(np.stack([np.bincount(tile[side], rgb[side, c], minlength=n_tiles) for c in range(3)], axis=1))
     both = (counts[0] >= 4) & (counts[1] >= 4)
     if not both.any():
         return float("nan")
-    means = [s[both] / c[both, None] for s, c in zip(sums, counts)]
+    # Each ring's mean colour per patch (the colour an eye averages there), then Lab and CIEDE2000 by scikit-image.
+    labs = [rgb2lab((s[both] / c[both, None])[:, None, :])[:, 0, :] for s, c in zip(sums, counts)]
     weights = np.minimum(counts[0], counts[1])[both]
-    return float(np.average(deltaE_ciede2000(means[0], means[1]), weights=weights))
+    return float(np.average(deltaE_ciede2000(labs[0], labs[1]), weights=weights))
 
 
 def texture_ratio(image: np.ndarray, geom: MaskGeometry) -> float:
@@ -138,8 +142,7 @@ def outside_preservation(image: np.ndarray, photo: np.ndarray, geom: MaskGeometr
     this is exact (PSNR_IDENTICAL, 1.0) by design: anything less is a regression. SSIM averages skimage's SSIM map
     over the pixels whose window lies wholly outside the mask."""
     outside = ~geom.mask
-    differs = (image != photo).any(axis=2) & outside
-    if not differs.any():
+    if _same_outside(image, photo, geom):
         return PSNR_IDENTICAL, 1.0
     err = (image[outside].astype(np.float64) - photo[outside]) ** 2
     psnr = min(PSNR_IDENTICAL, float(10 * np.log10(255.0**2 / max(err.mean(), 1e-12))))
@@ -148,6 +151,17 @@ def outside_preservation(image: np.ndarray, photo: np.ndarray, geom: MaskGeometr
     far = geom.far_outside
     ssim = float(ssim_map.mean(axis=2)[far].mean()) if far.any() else float("nan")
     return psnr, ssim
+
+
+def _same_outside(image: np.ndarray, photo: np.ndarray, geom: MaskGeometry) -> bool:
+    """Every pixel outside the mask equal: whole strips around the mask's box compared as memory (fast), the box
+    itself pixel by pixel outside the mask."""
+    y0, y1, x0, x1 = geom.mask_box
+    strips = (np.s_[:y0], np.s_[y1:], np.s_[y0:y1, :x0], np.s_[y0:y1, x1:])
+    if not all(np.array_equal(image[s], photo[s]) for s in strips):
+        return False
+    box = np.s_[y0:y1, x0:x1]
+    return not np.any((image[box] != photo[box]) & ~geom.mask[box][..., None])
 
 
 def image_quality(image: np.ndarray, photo: np.ndarray, geom: MaskGeometry) -> dict[str, float]:

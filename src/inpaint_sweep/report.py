@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from PIL import Image
 from .cells import RECORD
 from .config import ConfigError
 from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
-from .images import save_image, write_json
+from .images import write_json
 from .inpaint import seed_list
 from .quality import image_quality, mask_geometry
 
@@ -57,6 +59,7 @@ PROVENANCE = ("error", "model_id", "model_revision", "device", "dtype", "schedul
 AXIS_ORDER = ("steps", "guidance", "strength", "negative_prompt")  # then any other varied key, by name; seed last
 AUTO_GRID = ("guidance", "strength")  # report.rows / report.cols when null: these if they varied, else the first axes
 THUMB_WIDTH = 160
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding and measuring images (OpenCV releases the GIL)
 # Pillow refuses to open images over 2 x MAX_IMAGE_PIXELS and warns above it; grids stay under, so anyone can open them.
 MAX_GRID_MEGAPIXELS = Image.MAX_IMAGE_PIXELS / 1e6
 OUTPUT_FOLDERS = ("grids", "thumbs", "plots", "comet")
@@ -208,18 +211,22 @@ def grid_axes(rows: str | None, cols: str | None, axes: list[str], twins: dict) 
 # ------------------------------------------------------------------------------------------------- images, streamed
 
 
+def thumb_size(width: int, height: int) -> tuple[int, int]:
+    return THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width))
+
+
 @lru_cache(maxsize=4)
 def _case_inputs(photo_path: str, mask_path: str, thumbs_dir: str) -> dict:
     """A photo and mask decoded once for all their images: arrays for the metrics, the mask's rings, the thumbnail
     of the photo (for difference heatmaps) and the mask's outline at thumbnail size (a transparent PNG)."""
-    with Image.open(photo_path) as im:
+    with Image.open(photo_path) as im:  # as generate reads it (no EXIF rotation), so pixels compare one to one
         photo = im.convert("RGB")
     with Image.open(mask_path) as m:
         mask_image = m.convert("L")
     mask = np.asarray(mask_image) > 127
-    thumb = photo.copy()
-    thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
-    small = np.asarray(mask_image.resize(thumb.size, Image.Resampling.BILINEAR)) > 127
+    size = thumb_size(*photo.size)
+    thumb = cv2.resize(np.asarray(photo), size, interpolation=cv2.INTER_AREA)
+    small = np.asarray(mask_image.resize(size, Image.Resampling.BILINEAR)) > 127
     edge = small & ~cv2.erode(small.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
                               borderValue=0).astype(bool)
     outline = np.zeros((*small.shape, 4), np.uint8)
@@ -227,7 +234,53 @@ def _case_inputs(photo_path: str, mask_path: str, thumbs_dir: str) -> dict:
     name = f"mask-{hashlib.sha1(mask_path.encode()).hexdigest()[:12]}.png"
     Image.fromarray(outline, "RGBA").save(Path(thumbs_dir) / name)
     return {"photo": photo, "array": np.asarray(photo), "mask_image": mask_image, "geometry": mask_geometry(mask),
-            "thumb": np.asarray(thumb, np.int16), "outline": f"thumbs/{name}"}
+            "thumb": thumb.astype(np.int16), "outline": f"thumbs/{name}"}
+
+
+def shrink(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Downscale to (width, height): area-average by a whole factor (OpenCV's fast path), then bilinear for the
+    rest; a third of the time of one area-average to a fractional size, and as smooth."""
+    h, w = pixels.shape[:2]
+    factor = min(w // size[0], h // size[1])
+    if factor >= 2:
+        pixels = cv2.resize(pixels, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    if pixels.shape[1::-1] == tuple(size):
+        return pixels
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR if factor >= 2 else cv2.INTER_AREA)
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    """An 8-bit RGB image as an array. OpenCV decodes PNG faster than Pillow and releases the GIL while it does, so
+    the report's threads decode side by side; it is the same pixels (a lossless file)."""
+    pixels = cv2.imread(path, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None:
+        with Image.open(path) as im:  # a format OpenCV lacks: Pillow
+            pixels = np.asarray(im.convert("RGB"))
+    return pixels
+
+
+def _measure(path: str, name: str, inputs: dict, cell_size: tuple[int, int], thumbs_dir: Path,
+             keep_masked: bool) -> dict:
+    """Everything one image gives, from one decode (runs in a worker thread): its quality metrics, its grid cell,
+    its thumbnail and difference heatmap, and (for diversity) its pixels inside the mask."""
+    pixels = _read_rgb(path)
+    try:
+        metrics = image_quality(pixels, inputs["array"], inputs["geometry"])
+    except ValueError:  # not the photo's size: nothing to compare pixel for pixel
+        metrics = {}
+    # One shrink serves the grid cell and the thumbnail.
+    cell = shrink(pixels, cell_size)
+    size = thumb_size(pixels.shape[1], pixels.shape[0])
+    thumb = shrink(cell if cell_size[0] >= size[0] else pixels, size)
+    Image.fromarray(thumb).save(thumbs_dir / f"{name}.jpg", quality=85)
+    thumbs = {"thumb": f"thumbs/{name}.jpg"}
+    if inputs["thumb"].shape == thumb.shape:
+        _heatmap(np.abs(thumb.astype(np.int16) - inputs["thumb"]).max(axis=2)).save(
+            thumbs_dir / f"{name}-diff.jpg", quality=85)
+        thumbs.update(diff=f"thumbs/{name}-diff.jpg", outline=inputs["outline"])
+    masked = pixels[inputs["geometry"].mask] if keep_masked and pixels.shape[:2] == inputs["array"].shape[:2] \
+        else None
+    return {"metrics": metrics, "cell": Image.fromarray(cell), "thumbs": thumbs, "masked": masked}
 
 
 def _heatmap(diff: np.ndarray) -> Image.Image:
@@ -247,8 +300,11 @@ class _Diversity:
         self.waiting: dict[str, list] = {}
         self.values: dict[int, float] = {}
 
-    def add(self, index: int, cell: str, pixels: np.ndarray) -> None:
-        if self.expected.get(cell, 0) < 2:
+    def wants(self, cell: str) -> bool:
+        return self.expected.get(cell, 0) >= 2
+
+    def add(self, index: int, cell: str, pixels: np.ndarray | None) -> None:
+        if pixels is None or not self.wants(cell):
             return
         group = self.waiting.setdefault(cell, [])
         group.append((index, pixels))
@@ -280,31 +336,17 @@ def render_images(
     cap = (max_megapixels or MAX_GRID_MEGAPIXELS) * 1e6
     thumbs_dir = out_dir / "thumbs"
 
-    def process(i: int, r) -> Image.Image | str:
-        """Decode one image once: measure it, write its thumbnails, return it for the grid."""
-        if r.status != "ok":
-            return "failed"
-        with Image.open(r.image) as im:
-            image = im.convert("RGB")
-        inputs = _case_inputs(r.input, r.mask, str(thumbs_dir))
-        pixels = np.asarray(image)
-        try:
-            measured[i] = image_quality(pixels, inputs["array"], inputs["geometry"])
-        except ValueError:  # not the photo's size: nothing to compare pixel for pixel
-            measured[i] = {}
-        diversity.add(i, r.cell_id, pixels[inputs["geometry"].mask])
-        thumb = image.copy()
-        thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
-        name = f"{r.cell_id}-seed-{r.seed}"
-        thumb.save(thumbs_dir / f"{name}.jpg", quality=85)
-        if inputs["thumb"].shape[:2] == (thumb.height, thumb.width):
-            diff = np.abs(np.asarray(thumb, np.int16) - inputs["thumb"]).max(axis=2)
-            _heatmap(diff).save(thumbs_dir / f"{name}-diff.jpg", quality=85)
-            thumbs[i] = {"thumb": f"thumbs/{name}.jpg", "diff": f"thumbs/{name}-diff.jpg",
-                         "outline": inputs["outline"]}
-        else:
-            thumbs[i] = {"thumb": f"thumbs/{name}.jpg"}
-        return image
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    cell_px, pending = {}, None
+
+    def job(item):
+        """Submitted to the pool for an ok image; a failed one has nothing to decode."""
+        i, r, _, _ = item
+        if r["status"] != "ok":
+            return None
+        inputs = _case_inputs(r["input"], r["mask"], str(thumbs_dir))
+        return pool.submit(_measure, r["image"], f"{r['cell_id']}-seed-{r['seed']}", inputs, cell_px[r["case"]],
+                           thumbs_dir, diversity.wants(r["cell_id"]))
 
     for case in sorted(df["case"].dropna().unique(), key=str):
         case_df = df[df["case"] == case]
@@ -315,6 +357,10 @@ def render_images(
         first = case_df.iloc[0]
         with Image.open(first["input"]) as im:
             aspect = im.height / im.width
+        cell_px[case] = (cell_size, max(1, int(round(cell_size * aspect))))
+        inputs = _case_inputs(first["input"], first["mask"], str(thumbs_dir))
+        side = {"input": Image.fromarray(shrink(inputs["array"], cell_px[case])),
+                "mask": Image.fromarray(shrink(np.asarray(inputs["mask_image"]), cell_px[case]))}
         slices: dict[tuple, list[int]] = {}
         for i, key in zip(case_df.index, zip(*([index[a][v] for v in case_df[a]] for a in fixed_axes))):
             slices.setdefault(key, []).append(i)
@@ -342,35 +388,60 @@ def render_images(
                 pcl = [cl[k] for k in page_cols]
                 suffix = f" (part {part} of {len(pages)})" if len(pages) > 1 else ""
                 layout = grid_layout(len(prl), len(pcl), prl, pcl, title + suffix, cell_size, aspect, side=2)
-                inputs = _case_inputs(first["input"], first["mask"], str(thumbs_dir))
-                grid = new_grid(layout, title + suffix, prl, pcl, {"input": inputs["photo"],
-                                                                    "mask": inputs["mask_image"]})
+                grid = new_grid(layout, title + suffix, prl, pcl, side)
                 drawn = set()
+                todo = []
                 for i in members:
                     r = df.loc[i]
                     ri = row_at[r[rows]] if rows else 0
                     ci = col_at[r[cols]] if cols else 0
-                    if ri not in page_rows or ci not in page_cols:
+                    if ri in page_rows and ci in page_cols:
+                        todo.append((i, r, ri - page_rows.start, ci - page_cols.start))
+                for (i, r, ri, ci), done in zip(todo, _in_threads(pool, todo, job)):
+                    if done is None:
+                        paste_cell(grid, layout, ri, ci, "failed")
                         continue
-                    image = process(i, _Row(r))
-                    paste_cell(grid, layout, ri - page_rows.start, ci - page_cols.start, image)
-                    if isinstance(image, Image.Image):
-                        drawn.add((ri, ci))
+                    measured[i], thumbs[i] = done["metrics"], done["thumbs"]
+                    diversity.add(i, r["cell_id"], done["masked"])
+                    paste_cell(grid, layout, ri, ci, done["cell"])
+                    drawn.add((ri, ci))
                 path = out_dir / "grids" / (name + (f"__part={part}of{len(pages)}" if len(pages) > 1 else "")
                                             + ".png")
-                save_image(grid, path, compress_level=1)
+                if pending is not None:  # at most one grid waits to be written: memory stays one page or two
+                    pending.result()
+                pending = pool.submit(_write_png, np.asarray(grid), path)
                 grids.append({"path": path, "title": title + suffix, "case": case, "fixed": fixed,
                               "cells": len(drawn), "cell_width": layout["cw"], "size": grid.size, "part": part})
+    pool.shutdown()  # waits for the last grid
+    if pending is not None:
+        pending.result()
     for i, value in diversity.values.items():
         measured.setdefault(i, {})["diversity"] = value
     return grids, measured, thumbs
 
 
-class _Row:
-    """Attribute access to a row's fields (pandas' Series attribute access trips on names such as `mask`)."""
+def _write_png(pixels: np.ndarray, path: Path) -> None:
+    """A grid as PNG (fastest compression, lossless), via a temporary file and a rename. OpenCV's encoder releases
+    the GIL, so the next grid's images decode meanwhile."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
 
-    def __init__(self, series: pd.Series):
-        self.__dict__.update(series.to_dict())
+
+def _in_threads(pool: ThreadPoolExecutor, items: list, submit):
+    """Yield each item's result in order, keeping at most 2 x WORKERS in flight (so memory stays bounded)."""
+    window = []
+    for item in items:
+        window.append(submit(item))
+        if len(window) > 2 * WORKERS:
+            first = window.pop(0)
+            yield first.result() if first is not None else None
+    for future in window:
+        yield future.result() if future is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------------- tables
