@@ -5,13 +5,16 @@ not the report): `stages/prepare.py` makes the default case's mask from the samp
 is a record in generate's format (with the `config` field) and one full-size PNG (PNG level 1, as generate writes):
 the photo with the mask's box filled by 64-pixel noise upscaled (what the tiny model at `model.size=64` paints),
 pasted through the hard mask. 24 cells = the default grid (3 guidance x 2 strength x 2 steps x 2 negative prompts);
-384 = 8 x 4 x 3 x 2 x 2 model.scheduler. Each report runs as `python stages/report.py` (defaults: Comet offline
+384 = 8 x 4 x 3 x 2 x 2 model.scheduler; 1536 = the same
+grid pages, four times as many (4 negative prompts x 4 schedulers). Each report runs as `python stages/report.py` (defaults: Comet offline
 archive, 256-pixel cells) under `/usr/bin/time -v`.
 
-    python bench/report_scale.py [--cells 24,384] [--keep DIR]
+    python bench/report_scale.py [--cells 24,384,1536] [--keep DIR]
 
-Prints peak RSS and wall time per run, then time per cell beyond start-up, the memory ratio 384 vs 24 (target
-<= 1.5), and the projection to 10,000 cells (time, memory, page weight of index.html and its first page of thumbnails).
+Prints peak RSS, wall and CPU time per run, then time per cell beyond start-up between 24 and 384 cells (wall, and
+CPU: on a shared machine the CPU figure is the steadier one), the memory ratio 384 vs 24 (target <= 1.5), and the
+projection to 10,000 cells (time; memory from the growth between the two largest runs, whose grid pages are the same
+size; page weight of index.html and its first page of thumbnails).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ GRIDS = {
          "model.scheduler": [None]},
     384: {"guidance": [3.0, 4.0, 5.0, 6.0, 7.5, 9.0, 12.0, 15.0], "strength": [0.4, 0.6, 0.8, 1.0],
           "steps": [4, 8, 16], "negative_prompt": ["", "cartoon"], "model.scheduler": ["euler_a", "dpmpp_2m"]},
+    # Same grid pages (8 guidance x 4 strength) as 384, four times as many: the memory that grows with the cells.
+    1536: {"guidance": [3.0, 4.0, 5.0, 6.0, 7.5, 9.0, 12.0, 15.0], "strength": [0.4, 0.6, 0.8, 1.0],
+           "steps": [4, 8, 16], "negative_prompt": ["", "cartoon", "blurry", "low quality"],
+           "model.scheduler": ["euler_a", "dpmpp_2m", "ddim", "unipc"]},
 }
 
 
@@ -90,15 +97,17 @@ def timed_report(gen: Path, out: Path) -> dict:
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
     seconds = sum(float(p) * 60**k for k, p in enumerate(reversed(wall.split(":"))))
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1))
+              for kind in ("User", "System"))
     thumbs = sorted((out / "thumbs").glob("*-seed-0.jpg"))
-    return {"rss_mb": rss, "seconds": seconds, "html_bytes": (out / "index.html").stat().st_size,
+    return {"rss_mb": rss, "seconds": seconds, "cpu": cpu, "html_bytes": (out / "index.html").stat().st_size,
             "thumb_bytes": int(np.mean([t.stat().st_size for t in thumbs])) if thumbs else 0,
             "grids": len(list((out / "grids").glob("*.png"))), "summary": result.stdout.strip().splitlines()[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cells", default="24,384", help="comma-separated sizes, from: 24, 384")
+    parser.add_argument("--cells", default="24,384,1536", help="comma-separated sizes, from: 24, 384, 1536")
     parser.add_argument("--keep", help="write the cells and reports here and keep them (default: a temporary folder)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.cells.split(",")]
@@ -118,23 +127,28 @@ def main() -> None:
             assert make_cells(gen, GRIDS[size], case) == size
             runs[size] = timed_report(gen, root / f"report-{size}")
             r = runs[size]
-            print(f"{size:>6} cells: peak RSS {r['rss_mb']:.0f} MB, wall {r['seconds']:.2f} s, {r['grids']} grid(s), "
+            print(f"{size:>6} cells: peak RSS {r['rss_mb']:.0f} MB, wall {r['seconds']:.2f} s, CPU {r['cpu']:.2f} s, "
+                  f"{r['grids']} grid(s), "
                   f"index.html {r['html_bytes'] / 1e3:.0f} kB  | {r['summary']}")
         # 3. Per cell beyond start-up, and the projection.
         if len(runs) >= 2:
-            small, big = min(runs), max(runs)
-            a, b = runs[small], runs[big]
-            per_cell = (b["seconds"] - a["seconds"]) / (big - small)
-            rss_per_cell = (b["rss_mb"] - a["rss_mb"]) / (big - small)
-            html_per_cell = (b["html_bytes"] - a["html_bytes"]) / (big - small)
-            print(f"time per cell beyond start-up: {per_cell * 1e3:.1f} ms (target <= 20)")
-            print(f"peak memory {big} vs {small} cells: {b['rss_mb'] / a['rss_mb']:.2f}x (target <= 1.5x), "
-                  f"{rss_per_cell * 1e3:.0f} kB a cell")
+            sizes = sorted(runs)
+            small, mid, big = sizes[0], sizes[1], sizes[-1]
+            a, b, c = runs[small], runs[mid], runs[big]
+            per_cell = (b["seconds"] - a["seconds"]) / (mid - small)
+            cpu_per_cell = (b["cpu"] - a["cpu"]) / (mid - small)
+            print(f"time per cell beyond start-up ({small} -> {mid}): {per_cell * 1e3:.1f} ms wall (target <= 20), "
+                  f"{cpu_per_cell * 1e3:.1f} ms CPU (user + system, all threads); load average now "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            print(f"peak memory {mid} vs {small} cells: {b['rss_mb'] / a['rss_mb']:.2f}x (target <= 1.5x)")
             n = 10_000
-            print(f"projection for {n} cells: {a['seconds'] + per_cell * (n - small):.0f} s, peak RSS "
-                  f"{b['rss_mb'] + rss_per_cell * (n - big):.0f} MB, index.html "
+            slope = (c["rss_mb"] - b["rss_mb"]) / (big - mid) if big > mid else (b["rss_mb"] - a["rss_mb"]) / (mid - small)
+            html_per_cell = (c["html_bytes"] - a["html_bytes"]) / (big - small)
+            print(f"memory growth {mid} -> {big} cells: {slope * 1e3:.1f} kB a cell")
+            print(f"projection for {n} cells: {c['seconds'] + per_cell * (n - big):.0f} s wall, peak RSS "
+                  f"{c['rss_mb'] + slope * (n - big):.0f} MB, index.html "
                   f"{(a['html_bytes'] + html_per_cell * (n - small)) / 1e6:.1f} MB + first table page of 100 "
-                  f"thumbnails {100 * b['thumb_bytes'] / 1e6:.2f} MB (grids load lazily as they scroll into view)")
+                  f"thumbnails {100 * c['thumb_bytes'] / 1e6:.2f} MB (grids load lazily as they scroll into view)")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -191,7 +191,8 @@ def _table_data(report: dict, metrics: list[str]) -> dict:
     not the same for every image (those are in the summary once)."""
     df: pd.DataFrame = report["df"]
     axes = report["axes"]
-    columns = ["status", "case", *axes, *metrics]
+    nsfw = ["nsfw"] if "nsfw" in df and df["nsfw"].map(lambda v: v is True).any() else []  # the safety checker's flag
+    columns = ["status", "case", *axes, *nsfw, *metrics]
     numeric = [bool(c in metrics or (c in axes and df[c].map(lambda v: v is None or isinstance(v, (int, float))).all()))
                for c in columns]
     detail_keys = [k for k in DETAIL_KEYS if k in df and k not in columns
