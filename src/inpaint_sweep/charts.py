@@ -47,7 +47,7 @@ def axis_chart(title: str, labels: list[str], mean: list[float], std: list[float
     out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>')
     for t in _ticks(lo, hi):
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e4e4e4"/>'
-                   f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end" font-size="10">{t:.3g}</text>')
+                   f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end" font-size="10">{t:.4g}</text>')
     rotate = len(labels) > 4 or max(map(len, labels)) > 8
     for k, label in enumerate(labels):
         if rotate:
