@@ -33,6 +33,7 @@ bench: data
 	$(PY) bench/sweep_overhead.py
 	dvc repro && $(PY) bench/noop_repro.py
 	$(PY) bench/prepare_speed.py
+	$(PY) bench/report_scale.py
 	$(PY) bench/gpu_throughput.py --arch tiny --size 64 --steps 2   # CPU smoke run; on a GPU: no flags
 
 clean:
