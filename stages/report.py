@@ -1,7 +1,7 @@
 """Stage 3, report: cell records -> runs.csv, by_axis.csv, plots/, metrics.json, labelled grids, index.html, and one
 Comet report experiment.
 
-    python stages/report.py [report.rows=steps report.cols=guidance report.max_megapixels=4 ...]
+    python stages/report.py [report.rows=steps report.cols=model.scheduler report.max_megapixels=4 ...]
 """
 
 import sys
@@ -25,13 +25,15 @@ def main(overrides: list[str]) -> None:
         clip = load_clip(r.clip_model)
     out = Path(cfg.paths.report)
     report = build_report(Path(cfg.paths.generate) / "cells", out, r.rows, r.cols, r.cell_size, r.max_megapixels, clip)
+    rows, cols = report["rows"], report["cols"]  # null in the config: chosen among the axes that varied
     comet = None
     if t.comet and len(report["df"]):
-        comet = log_report_to_comet(out, report, r.rows, r.cols, tracking.is_online(t.offline), t.project, t.workspace)
-    write_html(out / "index.html", report, metric_columns(report["df"]), r.rows, r.cols, comet)
+        comet = log_report_to_comet(out, report, rows, cols, tracking.is_online(t.offline), t.project, t.workspace)
+    write_html(out / "index.html", report, metric_columns(report["df"]), rows, cols, comet)
     print(
         f"report: {report['cells']} cell(s), {report['images']} image(s), {report['ok']} ok, {report['failed']} "
-        f"failed, {report['grids']} grid(s) -> {out}/index.html"
+        f"failed, {report['grids']} grid(s) of {rows or '-'} x {cols or '-'} over {len(report['axes'])} axis(es) "
+        f"({', '.join(report['axes']) or 'none varied'}) -> {out}/index.html"
     )
     if comet:
         upload = "" if comet.startswith("http") else f"  (upload: comet upload {comet})"

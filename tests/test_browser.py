@@ -1,5 +1,6 @@
-"""The HTML report in real headless Chromium, opened from disk: every image decodes, the table sorts, nothing is
-fetched from a network, and a screenshot is saved as a test artefact.
+"""The HTML report in real headless Chromium, opened from disk: every image decodes, the charts are drawn, the table
+sorts and pages, the difference heatmap and mask outline toggle, nothing is fetched from a network, and a screenshot
+is saved as a test artefact.
 
 Chromium is Debian's `chromium` package; `make test` installs it when missing.
 """
@@ -38,7 +39,18 @@ window.addEventListener("load", function () {
   };
   head[col].click(); var ascending = column();
   head[col].click(); var descending = column();
+  var charts = Array.prototype.map.call(document.querySelectorAll("svg.chart"), function (c) {
+    var box = c.getBoundingClientRect();
+    return [box.width, box.height, c.querySelectorAll("circle").length];
+  });
+  var first = table.tBodies[0].rows[0], thumb = first.querySelector("img.thumb"), before = thumb.getAttribute("src");
+  first.querySelector("button[data-k=diff]").click();
+  first.querySelector("button[data-k=mask]").click();
+  var outline = first.querySelector("img.outline");
   document.getElementById("check-result").textContent = JSON.stringify({
+    charts: charts, toggled: [before, thumb.getAttribute("src"), getComputedStyle(outline).display,
+                              outline.getBoundingClientRect().height],
+    thumbs: table.querySelectorAll("img.thumb").length, pager: document.querySelector(".pager span").textContent,
     images: images.length,
     broken: images.filter(function (im) { return !(im.complete && im.naturalWidth > 0); })
                   .map(function (im) { return im.getAttribute("src"); }),
@@ -73,14 +85,23 @@ def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
 def test_every_image_decodes_and_the_table_sorts(page, tmp_path):
     index, report = page
     check = index.with_name("check.html")  # beside the page, so its relative image paths resolve the same way
-    check.write_text(index.read_text().replace("</body>", CHECK))
+    # Lazy images load only when scrolled to; the check wants every image decoded, so it loads them all at once.
+    check.write_text(index.read_text().replace('loading="lazy" ', "").replace("</body>", CHECK))
     result = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     start = result.stdout.index('<pre id="check-result">') + len('<pre id="check-result">')
     seen = json.loads(result.stdout[start:result.stdout.index("</pre>", start)])
 
     assert seen["title"] == "inpaint-sweep report"
-    assert seen["images"] == 4 + 23 and seen["broken"] == []  # 4 grids + a thumbnail per ok image, all decoded
+    assert seen["broken"] == [] and seen["thumbs"] == 23  # grids, thumbnails, outlines: all decoded
+    assert seen["pager"] == "page 1 of 1 (24 images)"
+    # A chart per metric and axis (4 axes), each drawn with a dot per axis value.
+    metrics = metric_columns(report["df"])
+    assert len(seen["charts"]) == 4 * len(metrics) and all(w > 200 and h > 100 for w, h, _ in seen["charts"])
+    assert sorted({n for _, _, n in seen["charts"]}) == [2, 3]
+    before, after, display, height = seen["toggled"]
+    assert before.endswith("-seed-0.jpg") and after == before.replace(".jpg", "-diff.jpg")
+    assert display == "block" and height > 30
     assert sorted(seen["grids"]) == sorted([list(g["size"]) for g in report["grid_files"]])
     assert seen["external"] == [] and seen["links"] > 24  # relative paths only; in-page links to image details
     values = [float(v) for v in seen["ascending"] if v != ""]
@@ -91,12 +112,17 @@ def test_every_image_decodes_and_the_table_sorts(page, tmp_path):
 def test_screenshot_of_the_report(page, tmp_path):
     index, _ = page
     shot = tmp_path / "report.png"  # the test artefact: look at it under pytest's tmp folder
-    result = chromium(tmp_path, "--window-size=1280,1600", "--hide-scrollbars", "--virtual-time-budget=10000",
+    result = chromium(tmp_path, "--window-size=1280,2400", "--hide-scrollbars", "--virtual-time-budget=10000",
                       f"--screenshot={shot}", index.as_uri())
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    print(f"screenshot: {shot}")
     with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("RGB"))
-    assert pixels.shape[:2] == (1600, 1280)
-    # The page's text and first grid are drawn: plenty of dark pixels and of colour (the random test images).
+        pixels = np.asarray(im.convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (2400, 1280)
+    # The page's text and thumbnails are drawn: plenty of dark pixels and of colour (the random test images).
     assert (pixels.max(axis=2) < 80).sum() > 2000
-    assert (pixels.max(axis=2).astype(int) - pixels.min(axis=2) > 100).sum() > 10000
+    assert (pixels.max(axis=2) - pixels.min(axis=2) > 100).sum() > 5000
+    # The charts are visible: their lines and dots in the charts' blue (#1f77b4), rows of them.
+    blue = (abs(pixels[..., 0] - 0x1F) < 12) & (abs(pixels[..., 1] - 0x77) < 12) & (abs(pixels[..., 2] - 0xB4) < 12)
+    assert blue.sum() > 3000
+    assert len(np.unique(np.nonzero(blue)[0] // 200)) >= 3  # in several bands down the page

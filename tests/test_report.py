@@ -1,5 +1,6 @@
 """report: runs.csv has a row per image, metrics and plots for DVC, one labelled grid per slice (input and mask beside
-it, failed cells marked, size capped), diversity across seeds, the optional CLIP score, the Comet report archive."""
+it, failed cells marked, split at the size cap), axes found from what varied (any config key), the weight-free
+quality metrics, diversity across seeds, the optional CLIP score, the Comet report archive."""
 
 import json
 import zipfile
@@ -11,8 +12,9 @@ import yaml
 from PIL import Image
 
 from inpaint_sweep.config import REPO_ROOT, ConfigError
-from inpaint_sweep.images import labelled_grid, save_image, to_mask_image, write_json
-from inpaint_sweep.report import PLOT_AXES, PLOT_METRICS, build_report, check_report_settings, write_grids
+from inpaint_sweep.grids import labelled_grid
+from inpaint_sweep.images import save_image, to_mask_image, write_json
+from inpaint_sweep.report import PLOT_METRICS, build_report, check_report_settings
 
 from conftest import run, stage_env
 
@@ -70,19 +72,29 @@ def test_report_tables_metrics_plots_and_grids(tmp_path):
     best = json.loads((out / "best.json").read_text())
     assert best["seconds"]["cell_id"] == "case-000" and best["drift_psnr"]["cell_id"] == "case-000"
     assert best["peak_memory_mb"]["better"] == "lower"
-    by_axis = pd.read_csv(out / "by_axis.csv")
-    assert set(by_axis["axis"]) == {"guidance", "strength", "steps", "negative_prompt"}
+    by_axis = pd.read_csv(out / "by_axis.csv", keep_default_na=False)
+    assert list(dict.fromkeys(by_axis["axis"])) == ["steps", "guidance", "strength", "negative_prompt"]  # seed: 1 value
     assert by_axis[by_axis["axis"] == "guidance"]["images"].tolist() == [8, 7, 8]
-    # plots/<axis>.csv: one row per axis value, every plotted metric a column (what dvc.yaml's plots read).
-    for axis in PLOT_AXES:
-        plot = pd.read_csv(out / "plots" / f"{axis}.csv")
-        assert len(plot) == len(GRID[axis]) and set(PLOT_METRICS) <= set(plot.columns)
+    assert by_axis[by_axis["axis"] == "negative_prompt"]["value"].tolist() == ["(none)", "cartoon"]
+    # plots/<metric>.csv: a row per value of every axis (what dvc.yaml's plots read); plots/axes/<axis>.csv per axis.
+    for metric in PLOT_METRICS:
+        plot = pd.read_csv(out / "plots" / f"{metric}.csv", keep_default_na=False)
+        assert len(plot) == 3 + 2 + 2 + 2 and {"setting", metric} <= set(plot.columns)
+        assert "negative_prompt = (none)" in plot["setting"].tolist()
+    assert sorted(p.stem for p in (out / "plots" / "axes").glob("*.csv")) == sorted(GRID)
+    assert len(pd.read_csv(out / "plots" / "axes" / "guidance.csv")) == 3
     grids = sorted((out / "grids").glob("*.png"))
     assert [g.name for g in grids] == [
-        "case__steps=4__negative_prompt=cartoon__seed=0.png", "case__steps=4__negative_prompt=none__seed=0.png",
-        "case__steps=8__negative_prompt=cartoon__seed=0.png", "case__steps=8__negative_prompt=none__seed=0.png"]
+        "case__steps=4__negative_prompt=cartoon.png", "case__steps=4__negative_prompt=none.png",
+        "case__steps=8__negative_prompt=cartoon.png", "case__steps=8__negative_prompt=none.png"]
     assert sorted(g["cells"] for g in report["grid_files"]) == [5, 6, 6, 6]  # 3x2 labelled cells, one failed
-    assert len(list((out / "thumbs").glob("*.jpg"))) == 23
+    thumbs = sorted(p.name for p in (out / "thumbs").glob("*.jpg"))
+    assert len([t for t in thumbs if not t.endswith("-diff.jpg")]) == 23  # a thumbnail and a difference heatmap
+    assert len([t for t in thumbs if t.endswith("-diff.jpg")]) == 23  # per ok image
+    assert len(list((out / "thumbs").glob("mask-*.png"))) == 1  # one mask outline per mask
+    # The weight-free quality metrics, from the saved images: random pixels over a random photo.
+    assert {"seam", "edge_delta_e", "texture_ratio", "outside_psnr", "outside_ssim"} <= set(metrics["mean"])
+    assert runs.loc[runs["status"] == "ok", "seam"].notna().all()
 
 
 def test_stale_grids_of_an_earlier_sweep_are_removed(tmp_path):
@@ -90,26 +102,29 @@ def test_stale_grids_of_an_earlier_sweep_are_removed(tmp_path):
     build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength")
     build_report(tmp_path / "cells", tmp_path / "report", "guidance", "steps")
     names = sorted(g.name for g in (tmp_path / "report" / "grids").glob("*.png"))
-    assert names == ["case__strength=0.75__negative_prompt=cartoon__seed=0.png",
-                     "case__strength=0.75__negative_prompt=none__seed=0.png",
-                     "case__strength=1__negative_prompt=cartoon__seed=0.png",
-                     "case__strength=1__negative_prompt=none__seed=0.png"]
+    assert names == ["case__strength=0.75__negative_prompt=cartoon.png",
+                     "case__strength=0.75__negative_prompt=none.png",
+                     "case__strength=1__negative_prompt=cartoon.png",
+                     "case__strength=1__negative_prompt=none.png"]
 
 
 def test_diversity_across_seeds(tmp_path):
     grid = {"guidance": (5.0, 7.5), "strength": (1.0,), "steps": (4,), "negative_prompt": ("",)}
     fake_cells(tmp_path / "a", grid, seeds=(0, 1, 2))
-    runs = build_report(tmp_path / "a" / "cells", tmp_path / "a" / "report", "guidance", "strength")["df"]
+    report = build_report(tmp_path / "a" / "cells", tmp_path / "a" / "report", "guidance", "seed")
+    runs = report["df"]
     assert len(runs) == 6 and runs["diversity"].nunique() == 2  # one value per cell, shared by its 3 seeds
     # Uniform random bytes: the mean |a - b| of two independent images is about 1/3 of the range.
     assert runs["diversity"].between(0.28, 0.39).all()
-    assert len(list((tmp_path / "a" / "report" / "grids").glob("*.png"))) == 3  # one grid per seed
-    fake_cells(tmp_path / "b", grid, seeds=(0, 1), same_pixels=True)
-    same = build_report(tmp_path / "b" / "cells", tmp_path / "b" / "report", "guidance", "strength")["df"]
-    assert (same["diversity"] == 0).all()
+    assert report["grids"] == 1 and report["grid_files"][0]["cells"] == 6  # guidance x seed
+    # Seed not on the grid: one grid per seed, and diversity still sees every seed of a cell.
+    fake_cells(tmp_path / "b", {**grid, "strength": (0.75, 1.0)}, seeds=(0, 1), same_pixels=True)
+    same = build_report(tmp_path / "b" / "cells", tmp_path / "b" / "report")
+    assert (same["rows"], same["cols"], same["grids"]) == ("guidance", "strength", 2)
+    assert (same["df"]["diversity"] == 0).all()
     # One seed per cell: diversity is unmeasured, not zero, and stays out of the DVC metrics.
     fake_cells(tmp_path / "c", grid)
-    single = build_report(tmp_path / "c" / "cells", tmp_path / "c" / "report", "guidance", "strength")
+    single = build_report(tmp_path / "c" / "cells", tmp_path / "c" / "report")
     assert single["df"]["diversity"].isna().all() and "diversity" not in single["mean"]
 
 
@@ -153,25 +168,21 @@ def test_grid_shows_input_and_mask_beside_it():
     assert max(np.nonzero(blue)[1].max(), np.nonzero(magenta)[1].max()) < np.nonzero(green)[1].min()
 
 
-def test_megapixel_cap_shrinks_cells_instead_of_failing(tmp_path):
-    from inpaint_sweep.report import load_records
-
+def test_a_grid_over_the_megapixel_cap_is_split_into_parts_not_shrunk(tmp_path):
     fake_cells(tmp_path, {**GRID, "steps": (4,), "negative_prompt": ("",)})
-    df = load_records(tmp_path / "cells")
-    (capped,), _ = write_grids(df, tmp_path / "capped", "guidance", "strength", cell_size=1200, max_megapixels=0.5)
-    blank = Image.new("RGB", (30, 40))
-    side = {"input": blank, "mask": blank}
-    big = labelled_grid({}, [5, 7.5, 12], [0.75, 1.0], "guidance", "strength", "t", 1200, side)
-    assert big.width * big.height > 10e6  # what 1200-pixel cells would have made
-    with Image.open(capped["path"]) as im:
-        assert 0.4e6 < im.width * im.height <= 0.5e6
-    assert capped["cell_width"] < 1200 and capped["cells"] == 6
-    with pytest.raises(ConfigError, match="report.max_megapixels=0.001 is too small"):
-        write_grids(df, tmp_path / "tiny", "guidance", "strength", max_megapixels=0.001)
+    report = build_report(tmp_path / "cells", tmp_path / "capped", "guidance", "strength", cell_size=1200,
+                          max_megapixels=12)
+    parts = report["grid_files"]
+    assert len(parts) > 1 and sum(g["cells"] for g in parts) == 6  # every cell drawn once, at full size
+    for g in parts:
+        assert g["cell_width"] == 1200 and "part" in g["path"].name
+        with Image.open(g["path"]) as im:
+            assert im.width * im.height <= 12e6
+    with pytest.raises(ConfigError, match="report.max_megapixels=0.001 is too small for one cell"):
+        build_report(tmp_path / "cells", tmp_path / "tiny", "guidance", "strength", max_megapixels=0.001)
 
 
 @pytest.mark.parametrize("args, words", [
-    (("colour", "strength", 256, 16), "report.rows='colour' is not an axis"),
     (("seed", "seed", 256, 16), "report.rows and report.cols must differ, both are 'seed'"),
     (("guidance", "strength", 4, 16), "report.cell_size must be >= 16 pixels, got report.cell_size=4"),
     (("guidance", "strength", 256, 0), "report.max_megapixels must be in (0, 89], got report.max_megapixels=0"),
@@ -183,10 +194,15 @@ def test_bad_report_settings_are_named(args, words):
     assert words in str(e.value)
 
 
-def test_report_stage_rejects_a_bad_axis(tmp_path):
-    result = run(["python", "stages/report.py", "report.rows=colour"], check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: report.rows='colour' is not an axis; choose one of steps, guidance, strength, negative_prompt, seed"
+def test_report_stage_rejects_a_key_that_did_not_vary(tmp_path):
+    fake_cells(tmp_path / "generate", {**GRID, "steps": (4,)})
+    for key in ("colour", "steps"):  # unknown; known but one value only
+        result = run(["python", "stages/report.py", f"report.rows={key}", f"paths.generate={tmp_path / 'generate'}",
+                      f"paths.report={tmp_path / 'report'}", "tracking.comet=false"], check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"error: report.rows='{key}' did not vary in this sweep; choose one of the axes that did "
+            "(guidance, strength, negative_prompt)")
 
 
 def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path):
@@ -196,7 +212,8 @@ def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path
                  env=stage_env(COMET_API_KEY=""))
     assert "24 image(s), 24 ok, 0 failed, 4 grid(s)" in result.stdout
     html = (out / "index.html").read_text()
-    assert "http" not in html and html.count('<img src="grids/') == 4 and html.count('class="thumb"') == 24
+    assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert html.count('<img loading="lazy" src="grids/') == 4 and html.count('"t":"thumbs/case-') == 24
     assert "v2-seed0" in html and "case-000.zip" in html  # model revision and the cell's Comet archive
     # One report experiment: its offline archive holds every grid, byte for byte, and the tables.
     (archive,) = (out / "comet").glob("*.zip")
@@ -218,10 +235,11 @@ def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path
 def test_dvc_plots_declared_in_dvc_yaml_match_the_report():
     plots = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]
     curves = {name: spec for entry in plots if isinstance(entry, dict) for name, spec in entry.items()}
-    assert set(curves) == {f"{m} vs {a}" for m in PLOT_METRICS for a in PLOT_AXES}
+    assert set(curves) == {f"{m} by setting" for m in PLOT_METRICS}
     for name, spec in curves.items():
-        metric, axis = name.split(" vs ")
-        assert spec["x"] == axis and spec["y"] == {f"${{paths.report}}/plots/{axis}.csv": metric}
+        metric = name.removesuffix(" by setting")
+        assert spec == {"template": "bar_horizontal", "x": metric,
+                        "y": {f"${{paths.report}}/plots/{metric}.csv": "setting"}}
     assert "${paths.report}/grids" in plots  # the grids as image plots
 
 
@@ -236,12 +254,13 @@ def test_dvc_plots_show_renders_the_report(tmp_path):
     shown = json.loads(run(["dvc", "plots", "show", "--json"], cwd=tmp_path).stdout)
     assert not shown.get("errors")
     data = shown["data"]
-    values = data["drift_psnr vs guidance"][0]["content"]["data"]["values"]
-    assert [float(v["guidance"]) for v in values] == [5.0, 7.5, 12.0]
-    assert len([k for k in data if k.endswith(".png")]) == 4 and len(data) == 12 + 4
+    values = data["drift_psnr by setting"][0]["content"]["data"]["values"]
+    assert [v["setting"] for v in values][:5] == ["steps = 4", "steps = 8", "guidance = 5", "guidance = 7.5",
+                                                  "guidance = 12"]
+    assert len([k for k in data if k.endswith(".png")]) == 4 and len(data) == len(PLOT_METRICS) + 4
     run(["dvc", "plots", "show", "-o", str(tmp_path / "page")], cwd=tmp_path)
     page = (tmp_path / "page" / "index.html").read_text()
-    assert "peak_memory_mb vs strength" in page and page.count("<img") == 4
+    assert "texture_ratio by setting" in page and page.count("<img") == 4
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +294,7 @@ def test_clip_score_with_a_tiny_offline_clip(tmp_path, tiny_clip):
     clip = load_clip(str(tiny_clip))
     grid = {"guidance": (5.0, 7.5), "strength": (1.0,), "steps": (4,), "negative_prompt": ("",)}
     fake_cells(tmp_path, grid, seeds=(0, 1))
-    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength", clip=clip)
+    report = build_report(tmp_path / "cells", tmp_path / "report", clip=clip)
     scores = report["df"]["clip_score"]
     assert len(scores) == 4 and scores.between(0, 100).all()
     assert "clip_score" in report["mean"] and report["best"]["clip_score"]["better"] == "higher"
@@ -306,3 +325,122 @@ def test_peak_memory_on_cpu_sees_an_allocation_and_resets():
     reset_peak_memory("cpu")
     assert with_block - before > 250
     assert peak_memory_mb("cpu") < with_block - 250  # a new peak after the reset (Linux: /proc/self/clear_refs)
+
+
+LONG_PROMPT = "a realistic green dragon with golden scales breathing blue fire over a rainy city street at dusk"
+
+
+def config_cells(root, settings: list[dict], with_config=True):
+    """Cells whose records carry the whole resolved config (`config`, flat dotted keys), as generate will write."""
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    save_image(Image.fromarray(photo), root / "input.png")
+    mask = np.zeros((40, 30), bool)
+    mask[10:30, 5:20] = True
+    save_image(to_mask_image(mask), root / "mask.png")
+    for n, extra in enumerate(settings):
+        cid = f"case-{n:03d}"
+        pixels = photo.copy()
+        pixels[mask] = rng.integers(0, 255, (mask.sum(), 3), dtype=np.uint8)
+        path = root / "cells" / cid / "seed-0.png"
+        save_image(Image.fromarray(pixels), path)
+        config = {"steps": 4, "guidance": 7.5, "strength": 1.0, "negative_prompt": "", "seed": 0, "prompt": None,
+                  "model.name": "tiny", "model.id": None, "model.scheduler": None, "mask.dilate": 8, **extra}
+        record = {"cell_id": cid, "status": "ok", "error": None, "case": "case",
+                  "prompt": config["prompt"] or "a red fox", "steps": config["steps"], "guidance": config["guidance"],
+                  "strength": config["strength"], "negative_prompt": config["negative_prompt"], "seed": 0,
+                  "model": config["model.name"], "scheduler": config["model.scheduler"], "padding_mask_crop": None,
+                  "input": str(root / "input.png"), "mask": str(root / "mask.png"), "soft_mask": None,
+                  "working_size": [24, 32], "sweep_id": "s", "images": [
+                      {"seed": 0, "path": str(path), "nsfw": False, "metrics": {"seconds": 0.1 * (n + 1)}}]}
+        if with_config:
+            record["config"] = config
+        write_json(record, root / "cells" / cid / "record.json")
+    return len(settings)
+
+
+def test_the_report_follows_any_swept_key_scheduler_x_guidance(tmp_path):
+    """A scheduler sweep (one value the checkpoint's own: null) x guidance: no two cells share a grid position."""
+    grid = [{"model.scheduler": s, "guidance": g} for s in (None, "euler_a", "dpmpp_2m") for g in (5.0, 7.5)]
+    n = config_cells(tmp_path, grid)
+    report = build_report(tmp_path / "cells", tmp_path / "report", rows="scheduler")  # the last part is enough
+    assert report["axes"] == ["guidance", "model.scheduler"]
+    assert (report["rows"], report["cols"]) == ("model.scheduler", "guidance")
+    assert report["grids"] == 1 and sum(g["cells"] for g in report["grid_files"]) == n == 6  # drawn cells == cells
+    by_axis = pd.read_csv(tmp_path / "report" / "by_axis.csv", keep_default_na=False)
+    assert by_axis[by_axis["axis"] == "model.scheduler"]["value"].tolist() == ["(default)", "dpmpp_2m", "euler_a"]
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv", keep_default_na=False)
+    assert sorted(set(runs["model.scheduler"])) == ["(default)", "dpmpp_2m", "euler_a"]
+    assert set(runs["negative_prompt"]) == {"(none)"}  # the same words in every table
+    plot = pd.read_csv(tmp_path / "report" / "plots" / "seam.csv")
+    assert "model.scheduler = (default)" in plot["setting"].tolist()
+    assert (tmp_path / "report" / "plots" / "axes" / "model.scheduler.csv").is_file()
+    # Keys that always change together are one axis; either name picks it.
+    twins = [{"model.name": m, "model.id": f"/models/{m}", "guidance": g} for m in ("a", "b") for g in (5.0, 7.5)]
+    config_cells(tmp_path / "twins", twins)
+    report = build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", rows="model.id")
+    assert report["axes"] == ["guidance", "model.id"] and report["twins"]["model.id"] == ["model.name"]
+    assert report["rows"] == "model.id" and sum(g["cells"] for g in report["grid_files"]) == 4
+    with pytest.raises(ConfigError, match=r"report.cols='mask.dilate' did not vary in this sweep; choose one of "
+                                          r"the axes that did \(guidance, model.id\)"):
+        build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", cols="mask.dilate")
+
+
+def test_three_swept_keys_slice_the_grids_and_records_without_config_still_read(tmp_path):
+    grid = [{"mask.dilate": d, "model.scheduler": s, "guidance": g}
+            for d in (4, 8) for s in ("euler", "ddim") for g in (5.0, 7.5)]
+    n = config_cells(tmp_path, grid)
+    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "mask.dilate")
+    assert [g["path"].name for g in report["grid_files"]] == ["case__model.scheduler=ddim.png",
+                                                              "case__model.scheduler=euler.png"]
+    assert sum(g["cells"] for g in report["grid_files"]) == n
+    # Today's records (no `config`): the top-level fields are read under the same names.
+    old = [{"model.scheduler": s, "guidance": g} for s in ("euler", None) for g in (5.0, 7.5)]
+    config_cells(tmp_path / "old", old, with_config=False)
+    report = build_report(tmp_path / "old" / "cells", tmp_path / "old" / "report", "scheduler", "guidance")
+    assert report["axes"] == ["guidance", "model.scheduler"] and sum(g["cells"] for g in report["grid_files"]) == 4
+
+
+def test_a_long_prompt_is_short_on_the_margin_and_whole_in_the_table(tmp_path):
+    from inpaint_sweep.grids import short
+
+    config_cells(tmp_path, [{"prompt": p, "guidance": g} for p in ("a fox", LONG_PROMPT) for g in (5.0, 7.5)])
+    report = build_report(tmp_path / "cells", tmp_path / "report", "prompt", "guidance")
+    assert report["rows"] == "prompt"
+    label = short(LONG_PROMPT)
+    assert len(label) <= 28 and label.startswith("a realistic") and "..." in label
+    by_axis = pd.read_csv(tmp_path / "report" / "by_axis.csv")
+    assert LONG_PROMPT in by_axis["value"].tolist()  # whole in the tables
+    from inpaint_sweep.html_report import render
+
+    html = render(report, ["seconds"], "prompt", "guidance", None)
+    assert LONG_PROMPT in html and f"prompt = {label}" not in html  # whole in the table's data; charts shorten it
+    wide = build_report(tmp_path / "cells", tmp_path / "wide", "guidance", "prompt")["grid_files"][0]
+    assert wide["size"][0] < 1400  # the long label did not widen the grid
+
+
+@pytest.mark.slow
+def test_stage_report_of_a_real_scheduler_x_guidance_sweep(tmp_path):
+    """`generate.py -m model.scheduler=euler_a,dpmpp_2m guidance=5,7.5` on the tiny model, then the report stage:
+    every cell drawn once, the scheduler an axis everywhere, the quality metrics in runs.csv and by_axis.csv."""
+    prepared = tmp_path / "prepared"
+    run(["python", "stages/prepare.py", f"paths.prepare={prepared}"])
+    gen = tmp_path / "gen"
+    run(["python", "stages/generate.py", "-m", "model.scheduler=euler_a,dpmpp_2m", "guidance=5,7.5",
+         "hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=''",
+         "model.size=64", "tracking.comet=false", f"paths.prepare={prepared}", f"paths.generate={gen}",
+         f"paths.cell_store={tmp_path}/store", f"hydra.sweep.dir={gen}/hydra/multirun", f"hydra.run.dir={gen}/hydra/run",
+         f"model.cache_dir={tmp_path}/models"], timeout=600)
+    out = tmp_path / "report"
+    result = run(["python", "stages/report.py", "report.rows=scheduler", f"paths.generate={gen}",
+                  f"paths.report={out}", "tracking.comet=false"])
+    assert "4 cell(s), 4 image(s), 4 ok, 0 failed, 1 grid(s) of model.scheduler x guidance" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["axes"] == ["guidance", "model.scheduler"] and metrics["grids"] == 1
+    runs = pd.read_csv(out / "runs.csv")
+    quality = ["seam", "edge_delta_e", "texture_ratio", "outside_psnr", "outside_ssim"]
+    assert runs[quality].notna().all().all() and (runs["outside_psnr"] == 100).all()  # exact outside the mask
+    by_axis = pd.read_csv(out / "by_axis.csv")
+    assert sorted(by_axis.loc[by_axis["axis"] == "model.scheduler", "value"]) == ["dpmpp_2m", "euler_a"]
+    assert {f"{m}_mean" for m in quality} <= set(by_axis.columns)
+    assert (out / "plots" / "axes" / "model.scheduler.csv").is_file()

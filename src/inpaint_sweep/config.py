@@ -95,8 +95,8 @@ class PathsConfig:
 
 @dataclass
 class ReportConfig:
-    rows: str = "guidance"
-    cols: str = "strength"
+    rows: Optional[str] = None  # any setting that varied; null = chosen (report.AUTO_GRID)
+    cols: Optional[str] = None
     cell_size: int = 256
     max_megapixels: float = 16.0
     clip_model: Optional[str] = None

@@ -1,49 +1,73 @@
-"""report: cell records -> runs.csv (a row per image), per-axis tables, DVC metrics and plots, labelled grids."""
+"""report: cell records -> runs.csv (a row per image), per-axis tables, DVC metrics and plots, labelled grids.
+
+The axes are whatever varied among the ok cells (any key of a cell's config), not a fixed list. Images are streamed:
+each is decoded once, measured (quality.py), thumbnailed and pasted into its grid page, then dropped, so memory does
+not grow with the number of cells.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
-import math
+import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .config import ConfigError
+from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
+from .images import write_json
 from .records import RECORD
-from .config import SWEEP_AXES, ConfigError
-from .images import fmt, labelled_grid, save_image, write_json
 from .inpaint import seed_list
+from .quality import image_quality, mask_geometry
 
-# Per-image metrics, and which way is better. Generate measures the first five; the report adds the last two.
+# Per-image metrics, and which way is better ("one": closest to 1). Generate measures the first five; the report
+# adds the rest from the saved images (quality.py, diversity) and, optionally, a CLIP checkpoint.
 BETTER = {
     "seconds": "min",  # wall time of the pipeline call, per image
     "peak_memory_mb": "min",  # peak memory during the call (CUDA allocator, or process RSS on CPU)
     "drift_mae": "min",  # change outside the mask in the raw decoder output (should be none)
     "drift_psnr": "max",
     "change_inside_mae": "max",  # change inside the mask: what inpainting is for
+    "seam": "min",  # gradient energy across the mask's edge relative to the photo's (1 = like the photo)
+    "edge_delta_e": "min",  # CIEDE2000 between the rings just inside and just outside the mask's edge
+    "texture_ratio": "one",  # high-frequency energy inside the mask / in the ring around it
+    "outside_psnr": "max",  # saved image vs photo outside the mask (100 dB = identical, as designed)
+    "outside_ssim": "max",
     "diversity": "max",  # mean pairwise pixel distance inside the mask between the seeds of one cell
     "clip_score": "max",  # prompt adherence by a CLIP checkpoint (optional)
 }
 METRICS = tuple(BETTER)
-# dvc.yaml `plots:` draws each of PLOT_METRICS against each of PLOT_AXES (tests/test_report.py checks they agree).
-PLOT_AXES = ("guidance", "steps", "strength")
-PLOT_METRICS = ("drift_psnr", "change_inside_mae", "seconds", "peak_memory_mb")
+# dvc.yaml `plots:` draws each of PLOT_METRICS from plots/<metric>.csv (tests/test_report.py checks they agree).
+PLOT_METRICS = ("drift_psnr", "change_inside_mae", "seam", "edge_delta_e", "texture_ratio", "seconds",
+                "peak_memory_mb")
+# A record's top-level fields and the config keys they are under in its `config` (records written before `config`).
+RECORD_SETTINGS = {"steps": "steps", "guidance": "guidance", "strength": "strength",
+                   "negative_prompt": "negative_prompt", "prompt": "prompt", "model": "model.name",
+                   "scheduler": "model.scheduler", "padding_mask_crop": "model.padding_mask_crop"}
+# Provenance copied from the record to each image's row (for the table, details and runs.csv).
+PROVENANCE = ("error", "model_id", "model_revision", "device", "dtype", "scheduler_class", "working_size",
+              "mask_method", "code_version", "sweep_id", "input", "mask", "soft_mask", "comet", "finished_at")
+AXIS_ORDER = ("steps", "guidance", "strength", "negative_prompt")  # then any other varied key, by name; seed last
+AUTO_GRID = ("guidance", "strength")  # report.rows / report.cols when null: these if they varied, else the first axes
 THUMB_WIDTH = 160
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding and measuring images (OpenCV releases the GIL)
 # Pillow refuses to open images over 2 x MAX_IMAGE_PIXELS and warns above it; grids stay under, so anyone can open them.
 MAX_GRID_MEGAPIXELS = Image.MAX_IMAGE_PIXELS / 1e6
 OUTPUT_FOLDERS = ("grids", "thumbs", "plots", "comet")
 
 
-def check_report_settings(rows: str, cols: str, cell_size: int, max_megapixels: float) -> None:
-    """Raise ConfigError naming the first bad report.* value."""
-    for key, axis in (("rows", rows), ("cols", cols)):
-        if axis not in SWEEP_AXES:
-            raise ConfigError(f"report.{key}={axis!r} is not an axis; choose one of {', '.join(SWEEP_AXES)}")
-    if rows == cols:
+def check_report_settings(rows: str | None, cols: str | None, cell_size: int, max_megapixels: float) -> None:
+    """Raise ConfigError naming the first bad report.* value that can be judged before reading the cells."""
+    if rows is not None and rows == cols:
         raise ConfigError(f"report.rows and report.cols must differ, both are {rows!r}")
     if cell_size < 16:
         raise ConfigError(f"report.cell_size must be >= 16 pixels, got report.cell_size={cell_size}")
@@ -54,62 +78,522 @@ def check_report_settings(rows: str, cols: str, cell_size: int, max_megapixels: 
         )
 
 
+# ---------------------------------------------------------------------------------------------------------- records
+
+
+def cell_settings(record: dict) -> dict:
+    """A cell's settings as flat config keys: its `config` when the record has one, else its top-level fields.
+    `prompt` is the prompt used (the config's null means the case's own)."""
+    settings = {key: record[field] for field, key in RECORD_SETTINGS.items() if field in record}
+    for key, value in (record.get("config") or {}).items():
+        if not (key == "prompt" and value is None and "prompt" in settings):
+            settings[key] = value
+    settings.pop("seed", None)  # per image, below
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v for k, v in settings.items()}
+
+
 def _image_entries(record: dict) -> list[dict]:
     """The record's images as [{seed, path, metrics}]; a failed cell gives one entry per seed with no path."""
     if record.get("images"):
         return record["images"]
-    return [{"seed": s, "path": None, "metrics": {}} for s in seed_list(record.get("seed", 0))]
+    seeds = (record.get("config") or {}).get("seed", record.get("seed", 0))
+    return [{"seed": s, "path": None, "metrics": {}} for s in seed_list(seeds)]
 
 
-def load_records(cells_dir: str | Path) -> pd.DataFrame:
-    """One row per generated image: its cell's settings and provenance, its seed, path and metrics."""
-    rows = []
+def read_records(cells_dir: str | Path):
+    """Yield (record, settings) for every cell record under cells_dir: the one place records are read."""
     for path in sorted(Path(cells_dir).glob(f"*/{RECORD}")):
-        record = json.loads(path.read_text())
-        entries = _image_entries(record)
-        for key in ("images", "image", "metrics", "traceback"):
-            record.pop(key, None)
-        record["working_size"] = "x".join(map(str, record.get("working_size") or []))
-        for entry in entries:
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"cell record {path} is not valid JSON: {e}") from e
+        yield record, cell_settings(record)
+
+
+def load_records(cells_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per generated image (its cell's settings, provenance, seed, path and metrics), and the setting keys."""
+    rows, keys = [], {}
+    for record, settings in read_records(cells_dir):
+        keys.update(dict.fromkeys(settings))
+        base = {"cell_id": record.get("cell_id"), "status": record.get("status"), "case": record.get("case"),
+                **settings, **{k: record.get(k) for k in PROVENANCE}}
+        base["working_size"] = "x".join(map(str, record.get("working_size") or []))
+        for entry in _image_entries(record):
             ok = record.get("status") == "ok" and entry.get("path") and Path(entry["path"]).is_file()
-            rows.append({**record, "seed": entry["seed"], "image": entry.get("path"),
-                         "status": "ok" if ok else "failed",
-                         **{m: (entry.get("metrics") or {}).get(m) for m in METRICS}})
-    columns = ["cell_id", "status", "case", *SWEEP_AXES]
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return pd.DataFrame(columns=columns + ["image", *METRICS])
-    rest = [c for c in df.columns if c not in columns]
-    df = df[columns + rest].sort_values(["case", *SWEEP_AXES]).reset_index(drop=True)
+            rows.append({**base, "seed": entry["seed"], "image": entry.get("path"), "status": "ok" if ok else "failed",
+                         "nsfw": entry.get("nsfw"), **{m: (entry.get("metrics") or {}).get(m) for m in METRICS}})
+    keys = [*keys, "seed"]
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys(["cell_id", "status", "case", *keys, "image",
+                                                        *PROVENANCE, "nsfw", *METRICS])))
+    for k in keys:  # a key missing from some records is null there, like a null value
+        df[k] = df[k].astype(object).where(df[k].notna(), None)
     for m in METRICS:
-        df[m] = pd.to_numeric(df[m], errors="coerce")
-    return df
+        df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
+    return df, keys
 
 
-def _masked_pixels(image_path: str, mask: np.ndarray) -> np.ndarray:
-    with Image.open(image_path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.float32)[mask] / 255.0
+# ------------------------------------------------------------------------------------------------------------- axes
 
 
-def add_diversity(df: pd.DataFrame) -> pd.DataFrame:
-    """`diversity`: mean over pairs of seeds of one cell (same case and settings) of the mean absolute pixel
-    difference inside the mask, in [0, 1]. Empty where a cell has fewer than two images."""
-    df = df.copy()
-    df["diversity"] = np.nan
+def value_order(value) -> tuple:
+    """Sort key for a setting's values: null, then "", then numbers ascending, then text."""
+    if value is None:
+        return (0, 0.0, "")
+    if value == "":
+        return (1, 0.0, "")
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return (2, float(value), "")
+    return (3, 0.0, str(value))
+
+
+def ordered_values(series: pd.Series) -> list:
+    return sorted(set(series), key=value_order)
+
+
+def value_codes(series: pd.Series) -> np.ndarray:
+    """Each value's position in ordered_values (nulls included, unlike pandas' own grouping)."""
+    at = {v: k for k, v in enumerate(ordered_values(series))}
+    return np.array([at[v] for v in series], dtype=np.int64)
+
+
+def find_axes(df: pd.DataFrame, keys: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The axes: setting keys that took more than one value within a case among the ok images. Keys that always
+    change together (model.name and model.id) are one axis, named by the first; returns (axes, {axis: its twins})."""
     ok = df[df["status"] == "ok"]
-    others = ["case", *[a for a in SWEEP_AXES if a != "seed"]]
-    masks: dict[str, np.ndarray] = {}
-    for _, group in ok.groupby(others, sort=False):
-        if len(group) < 2:
+    ordered = [k for k in AXIS_ORDER if k in keys] + sorted(k for k in keys if k not in AXIS_ORDER and k != "seed")
+    axes, twins, seen = [], {}, {}
+    for key in [*ordered, "seed"]:
+        if not len(ok):
+            break
+        codes = pd.factorize(ok[key], use_na_sentinel=False)[0]
+        if pd.Series(codes).groupby(ok["case"].to_numpy()).nunique().max() < 2:
             continue
-        mask_path = group["mask"].iloc[0]
-        if mask_path not in masks:
-            with Image.open(mask_path) as m:
-                masks[mask_path] = np.asarray(m.convert("L")) > 127
-        pixels = [_masked_pixels(p, masks[mask_path]) for p in group["image"]]
-        distances = [float(np.abs(a - b).mean()) for a, b in itertools.combinations(pixels, 2)]
-        df.loc[group.index, "diversity"] = round(float(np.mean(distances)), 6)
-    return df
+        if codes.tobytes() in seen:
+            twins[seen[codes.tobytes()]].append(key)
+            continue
+        seen[codes.tobytes()] = key
+        axes.append(key)
+        twins[key] = []
+    if "seed" in axes:  # innermost: the seeds of a cell sit in neighbouring grids (diversity streams)
+        axes.remove("seed")
+        axes.append("seed")
+    return axes, twins
+
+
+def pick_axis(name: str | None, which: str, axes: list[str], twins: dict[str, list[str]]) -> str | None:
+    """report.rows / report.cols: a varied key (or the last part of one: scheduler for model.scheduler, or a key that
+    changed with one). Raises ConfigError naming it otherwise."""
+    if name is None:
+        return None
+    by_name = {a: a for a in axes} | {t: a for a in axes for t in twins.get(a, ())}
+    if name in by_name:
+        return by_name[name]
+    suffix = [a for k, a in by_name.items() if k.rsplit(".", 1)[-1] == name]
+    if len(set(suffix)) == 1:
+        return suffix[0]
+    varied = ", ".join(axes) or "none: every cell has the same settings"
+    raise ConfigError(f"report.{which}={name!r} did not vary in this sweep; choose one of the axes that did ({varied})")
+
+
+def grid_axes(rows: str | None, cols: str | None, axes: list[str], twins: dict) -> tuple[str | None, str | None]:
+    """The rows and columns of the grids: the configured keys, checked; null picks from AUTO_GRID, then the axes."""
+    rows, cols = pick_axis(rows, "rows", axes, twins), pick_axis(cols, "cols", axes, twins)
+    if rows is not None and rows == cols:
+        raise ConfigError(f"report.rows and report.cols must differ, both are {rows!r}")
+    free = [a for a in [*AUTO_GRID, *axes] if a in axes and a not in (rows, cols)]
+    if rows is None and free:
+        rows = free.pop(0)
+    if cols is None and free:
+        cols = free.pop(0)
+    return rows, cols
+
+
+# ------------------------------------------------------------------------------------------------- images, streamed
+
+
+def thumb_size(width: int, height: int) -> tuple[int, int]:
+    return THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width))
+
+
+@lru_cache(maxsize=4)
+def _case_inputs(photo_path: str, mask_path: str, thumbs_dir: str) -> dict:
+    """A photo and mask decoded once for all their images: arrays for the metrics, the mask's rings, the thumbnail
+    of the photo (for difference heatmaps) and the mask's outline at thumbnail size (a transparent PNG)."""
+    with Image.open(photo_path) as im:  # as generate reads it (no EXIF rotation), so pixels compare one to one
+        photo = im.convert("RGB")
+    with Image.open(mask_path) as m:
+        mask_image = m.convert("L")
+    mask = np.asarray(mask_image) > 127
+    size = thumb_size(*photo.size)
+    thumb = cv2.resize(np.asarray(photo), size, interpolation=cv2.INTER_AREA)
+    small = np.asarray(mask_image.resize(size, Image.Resampling.BILINEAR)) > 127
+    edge = small & ~cv2.erode(small.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                              borderValue=0).astype(bool)
+    outline = np.zeros((*small.shape, 4), np.uint8)
+    outline[edge] = (255, 230, 0, 255)
+    name = f"mask-{hashlib.sha1(mask_path.encode()).hexdigest()[:12]}.png"
+    Image.fromarray(outline, "RGBA").save(Path(thumbs_dir) / name)
+    return {"photo": photo, "array": np.asarray(photo), "mask_image": mask_image, "geometry": mask_geometry(mask),
+            "thumb": thumb.astype(np.int16), "outline": f"thumbs/{name}"}
+
+
+def shrink(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Downscale to (width, height): area-average by a whole factor (OpenCV's fast path), then bilinear for the
+    rest; a third of the time of one area-average to a fractional size, and as smooth."""
+    h, w = pixels.shape[:2]
+    factor = min(w // size[0], h // size[1])
+    if factor >= 2:
+        pixels = cv2.resize(pixels, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    if pixels.shape[1::-1] == tuple(size):
+        return pixels
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR if factor >= 2 else cv2.INTER_AREA)
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    """An 8-bit RGB image as an array. OpenCV decodes PNG faster than Pillow and releases the GIL while it does, so
+    the report's threads decode side by side; it is the same pixels (a lossless file)."""
+    pixels = cv2.imread(path, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None:
+        with Image.open(path) as im:  # a format OpenCV lacks: Pillow
+            pixels = np.asarray(im.convert("RGB"))
+    return pixels
+
+
+def _measure(path: str, name: str, inputs: dict, cell_size: tuple[int, int], thumbs_dir: Path,
+             keep_masked: bool) -> dict:
+    """Everything one image gives, from one decode (runs in a worker thread): its quality metrics, its grid cell,
+    its thumbnail and difference heatmap, and (for diversity) its pixels inside the mask."""
+    pixels = _read_rgb(path)
+    try:
+        metrics = image_quality(pixels, inputs["array"], inputs["geometry"])
+    except ValueError:  # not the photo's size: nothing to compare pixel for pixel
+        metrics = {}
+    # One shrink serves the grid cell and the thumbnail.
+    cell = shrink(pixels, cell_size)
+    size = thumb_size(pixels.shape[1], pixels.shape[0])
+    thumb = shrink(cell if cell_size[0] >= size[0] else pixels, size)
+    Image.fromarray(thumb).save(thumbs_dir / f"{name}.jpg", quality=85)
+    thumbs = {"thumb": f"thumbs/{name}.jpg"}
+    if inputs["thumb"].shape == thumb.shape:
+        _heatmap(np.abs(thumb.astype(np.int16) - inputs["thumb"]).max(axis=2)).save(
+            thumbs_dir / f"{name}-diff.jpg", quality=85)
+        thumbs.update(diff=f"thumbs/{name}-diff.jpg", outline=inputs["outline"])
+    masked = pixels[inputs["geometry"].mask] if keep_masked and pixels.shape[:2] == inputs["array"].shape[:2] \
+        else None
+    return {"metrics": metrics, "cell": Image.fromarray(cell), "thumbs": thumbs, "masked": masked}
+
+
+def _heatmap(diff: np.ndarray) -> Image.Image:
+    """|output - photo| (0..255 per pixel) as a black -> red -> yellow -> white heatmap, scaled so 64 is full red."""
+    t = np.clip(diff / 64.0, 0, 3) / 3
+    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+class _Diversity:
+    """Mean pairwise pixel distance inside the mask between the seeds of one cell. Each image's masked pixels wait
+    only until its cell's last seed is seen (seed is the innermost slice, so that is a few grids later)."""
+
+    def __init__(self, df: pd.DataFrame):
+        ok = df[df["status"] == "ok"]
+        self.expected = ok.groupby("cell_id").size().to_dict()
+        self.waiting: dict[str, list] = {}
+        self.values: dict[int, float] = {}
+
+    def wants(self, cell: str) -> bool:
+        return self.expected.get(cell, 0) >= 2
+
+    def add(self, index: int, cell: str, pixels: np.ndarray | None) -> None:
+        if pixels is None or not self.wants(cell):
+            return
+        group = self.waiting.setdefault(cell, [])
+        group.append((index, pixels))
+        if len(group) == self.expected[cell]:
+            del self.waiting[cell]
+            distances = [float(np.abs(a[1].astype(np.float32) - b[1]).mean()) / 255.0
+                         for a, b in itertools.combinations(group, 2)]
+            for i, _ in group:
+                self.values[i] = round(float(np.mean(distances)), 6)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("_") or "none"
+
+
+def render_images(
+    df: pd.DataFrame, axes: list[str], rows: str | None, cols: str | None, out_dir: Path, cell_size: int = 256,
+    max_megapixels: float | None = None,
+) -> tuple[list[dict], dict[int, dict], dict[int, dict]]:
+    """One pass over every image: the quality metrics, thumbnails (output, difference heatmap, mask outline) and the
+    labelled grids, one PNG per case and slice of the axes that are neither rows nor columns, split into parts where
+    a grid would exceed `max_megapixels` (cells keep `cell_size`).
+
+    Returns (grids [{path, title, case, fixed, cells, cell_width, size, part}], {row: metrics}, {row: thumbnails})."""
+    grids, measured, thumbs = [], {}, {}
+    diversity = _Diversity(df)
+    fixed_axes = [a for a in axes if a not in (rows, cols)]
+    index = {a: {v: i for i, v in enumerate(ordered_values(df[a]))} for a in axes}
+    cap = (max_megapixels or MAX_GRID_MEGAPIXELS) * 1e6
+    thumbs_dir = out_dir / "thumbs"
+
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    cell_px, pending = {}, None
+
+    def job(item):
+        """Submitted to the pool for an ok image; a failed one has nothing to decode."""
+        i, r, _, _ = item
+        if r["status"] != "ok":
+            return None
+        inputs = _case_inputs(r["input"], r["mask"], str(thumbs_dir))
+        return pool.submit(_measure, r["image"], f"{r['cell_id']}-seed-{r['seed']}", inputs, cell_px[r["case"]],
+                           thumbs_dir, diversity.wants(r["cell_id"]))
+
+    for case in sorted(df["case"].dropna().unique(), key=str):
+        case_df = df[df["case"] == case]
+        row_values = ordered_values(case_df[rows]) if rows else [None]
+        col_values = ordered_values(case_df[cols]) if cols else [None]
+        row_at = {v: k for k, v in enumerate(row_values)}
+        col_at = {v: k for k, v in enumerate(col_values)}
+        first = case_df.iloc[0]
+        with Image.open(first["input"]) as im:
+            aspect = im.height / im.width
+        cell_px[case] = (cell_size, max(1, int(round(cell_size * aspect))))
+        inputs = _case_inputs(first["input"], first["mask"], str(thumbs_dir))
+        side = {"input": Image.fromarray(shrink(inputs["array"], cell_px[case])),
+                "mask": Image.fromarray(shrink(np.asarray(inputs["mask_image"]), cell_px[case]))}
+        slices: dict[tuple, list[int]] = {}
+        for i, key in zip(case_df.index, zip(*([index[a][v] for v in case_df[a]] for a in fixed_axes))):
+            slices.setdefault(key, []).append(i)
+        if not fixed_axes:
+            slices = {(): list(case_df.index)}
+        for key in sorted(slices):
+            fixed = {a: ordered_values(df[a])[k] for a, k in zip(fixed_axes, key)}
+            title = f"{case}: " + ", ".join(f"{a} = {short(v)}" for a, v in fixed.items())
+            title = title.rstrip(": ")
+            rl, cl = axis_labels(rows, row_values), axis_labels(cols, col_values)
+
+            def fits(n_r, n_c, rl=rl, cl=cl, title=title):
+                L = grid_layout(n_r, n_c, rl, cl, title, cell_size, aspect, side=2)
+                return L["width"] * L["height"] <= cap
+
+            try:
+                pages = split_pages(len(row_values), len(col_values), fits)
+            except ValueError as e:
+                raise ConfigError(f"report.max_megapixels={max_megapixels} is too small for one cell of "
+                                  f"report.cell_size={cell_size} pixels") from e
+            name = "__".join([_slug(str(case))] + [f"{a}={_slug(fmt(v))}" for a, v in fixed.items()])
+            members = slices[key]
+            for part, (page_rows, page_cols) in enumerate(pages, 1):
+                prl = [rl[k] for k in page_rows]
+                pcl = [cl[k] for k in page_cols]
+                suffix = f" (part {part} of {len(pages)})" if len(pages) > 1 else ""
+                layout = grid_layout(len(prl), len(pcl), prl, pcl, title + suffix, cell_size, aspect, side=2)
+                grid = new_grid(layout, title + suffix, prl, pcl, side)
+                drawn = set()
+                todo = []
+                for i in members:
+                    r = df.loc[i]
+                    ri = row_at[r[rows]] if rows else 0
+                    ci = col_at[r[cols]] if cols else 0
+                    if ri in page_rows and ci in page_cols:
+                        todo.append((i, r, ri - page_rows.start, ci - page_cols.start))
+                for (i, r, ri, ci), done in zip(todo, _in_threads(pool, todo, job)):
+                    if done is None:
+                        paste_cell(grid, layout, ri, ci, "failed")
+                        continue
+                    measured[i], thumbs[i] = done["metrics"], done["thumbs"]
+                    diversity.add(i, r["cell_id"], done["masked"])
+                    paste_cell(grid, layout, ri, ci, done["cell"])
+                    drawn.add((ri, ci))
+                path = out_dir / "grids" / (name + (f"__part={part}of{len(pages)}" if len(pages) > 1 else "")
+                                            + ".png")
+                if pending is not None:  # at most one grid waits to be written: memory stays one page or two
+                    pending.result()
+                pending = pool.submit(_write_png, np.asarray(grid), path)
+                grids.append({"path": path, "title": title + suffix, "case": case, "fixed": fixed,
+                              "cells": len(drawn), "cell_width": layout["cw"], "size": grid.size, "part": part})
+    pool.shutdown()  # waits for the last grid
+    if pending is not None:
+        pending.result()
+    for i, value in diversity.values.items():
+        measured.setdefault(i, {})["diversity"] = value
+    return grids, measured, thumbs
+
+
+def _write_png(pixels: np.ndarray, path: Path) -> None:
+    """A grid as PNG (fastest compression, lossless), via a temporary file and a rename. OpenCV's encoder releases
+    the GIL, so the next grid's images decode meanwhile."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+
+
+def _in_threads(pool: ThreadPoolExecutor, items: list, submit):
+    """Yield each item's result in order, keeping at most 2 x WORKERS in flight (so memory stays bounded)."""
+    window = []
+    for item in items:
+        window.append(submit(item))
+        if len(window) > 2 * WORKERS:
+            first = window.pop(0)
+            yield first.result() if first is not None else None
+    for future in window:
+        yield future.result() if future is not None else None
+
+
+# ----------------------------------------------------------------------------------------------------------- tables
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metrics this sweep has values for (diversity needs several seeds, clip_score a CLIP checkpoint)."""
+    return [m for m in METRICS if m in df and df.loc[df["status"] == "ok", m].notna().any()]
+
+
+def _goodness(metric: str, values: pd.Series) -> pd.Series:
+    """Higher is better, whatever the metric: max as is, min negated, "one" by closeness to 1 in ratio."""
+    how = BETTER[metric]
+    if how == "max":
+        return values
+    if how == "min":
+        return -values
+    return -np.abs(np.log(values.where(values > 0)))
+
+
+def axis_summary(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Mean, spread (std, min, max over the other axes) and image count of every metric for each value of each
+    axis, values in order and as words (fmt)."""
+    ok, metrics = df[df["status"] == "ok"], metric_columns(df)
+    parts = []
+    for axis in axes:
+        key = value_codes(ok[axis])
+        agg = ok.groupby(key)[metrics].agg(["mean", "std", "min", "max"])
+        agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+        agg.insert(0, "images", ok.groupby(key).size())
+        values = ordered_values(ok[axis])
+        agg.insert(0, "value", [fmt(values[k]) for k in agg.index])
+        agg.insert(0, "axis", axis)
+        parts.append(agg.sort_index().reset_index(drop=True))
+    if not parts:
+        return pd.DataFrame(columns=["axis", "value", "images"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_plots(by_axis: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The CSVs behind the DVC plots: plots/<metric>.csv (long format, a row per axis value, `setting` = "axis =
+    value") for dvc.yaml, whatever the axes; and plots/axes/<axis>.csv, the mean of every metric per value of one
+    axis. The plotted metrics are always there (empty when unmeasured), so `dvc plots show` never misses a field."""
+    written = []
+    (out_dir / "plots" / "axes").mkdir(parents=True, exist_ok=True)
+    for metric in PLOT_METRICS:
+        table = pd.DataFrame({
+            "setting": [f"{a} = {short(v)}" for a, v in zip(by_axis["axis"], by_axis["value"])],
+            "axis": by_axis["axis"], "value": by_axis["value"], "images": by_axis["images"],
+            metric: by_axis.get(f"{metric}_mean"), f"{metric}_std": by_axis.get(f"{metric}_std")})
+        path = out_dir / "plots" / f"{metric}.csv"
+        table.to_csv(path, index=False)
+        written.append(path)
+    for axis, part in by_axis.groupby("axis", sort=False):
+        table = part[["value", "images", *[c for c in part.columns if c.endswith("_mean")]]]
+        table = table.rename(columns=lambda c: c.removesuffix("_mean")).rename(columns={"value": axis})
+        path = out_dir / "plots" / "axes" / f"{_slug(axis)}.csv"
+        table.to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+def summary(df: pd.DataFrame, axes: list[str]) -> dict:
+    """The numbers `dvc metrics show` prints: counts and metric means; and the best image for each metric."""
+    ok = df[df["status"] == "ok"]
+    out = {
+        "cells": int(df["cell_id"].nunique()),
+        "images": int(len(df)),
+        "ok": int(len(ok)),
+        "failed": int((df["status"] == "failed").sum()),
+        "axes": list(axes),
+        "mean": {},
+    }
+    best = {}
+    for metric in metric_columns(df):
+        values = ok[metric][np.isfinite(ok[metric])]
+        if not len(values):
+            continue
+        out["mean"][metric] = round(float(values.mean()), 6)
+        good = _goodness(metric, values).dropna()
+        if not len(good):
+            continue
+        row = ok.loc[good.idxmax()]
+        best[metric] = {"better": {"min": "lower", "max": "higher", "one": "closer to 1"}[BETTER[metric]],
+                        "cell_id": row["cell_id"], "value": float(row[metric]), "case": row["case"],
+                        **{a: _plain(row[a]) for a in axes}, "seed": _plain(row["seed"])}
+    out["best"] = best
+    return out
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _display(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """runs.csv's view: empty settings as the words the grids and page use ("(none)", "(default)")."""
+    out = df.copy()
+    for k in keys:
+        if k in out:
+            out[k] = out[k].map(lambda v: fmt(v) if v is None or v == "" else v)
+    return out
+
+
+def build_report(
+    cells_dir: str | Path,
+    out_dir: str | Path,
+    rows: str | None = None,
+    cols: str | None = None,
+    cell_size: int = 256,
+    max_megapixels: float | None = 16.0,
+    clip=None,
+) -> dict:
+    """Write runs.csv, by_axis.csv, plots/, metrics.json (numbers for DVC), best.json, grids/ and thumbs/.
+
+    Returns the summary, with the table (`df`), the axes, grids and thumbnails for the HTML page and Comet.
+    """
+    # 1. Start from an empty report folder, so no grid of an earlier sweep lingers.
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in OUTPUT_FOLDERS:  # all exist afterwards, even empty: they are DVC outputs
+        shutil.rmtree(out_dir / folder, ignore_errors=True)
+        (out_dir / folder).mkdir()
+    _case_inputs.cache_clear()
+
+    # 2. A row per image; the axes are the settings that varied.
+    df, keys = load_records(cells_dir)
+    axes, twins = find_axes(df, keys)
+    rows, cols = grid_axes(rows, cols, axes, twins)
+
+    # 3. Every image once: metrics, thumbnails, grids.
+    grids, measured, thumbs = render_images(df, axes, rows, cols, out_dir, cell_size, max_megapixels) \
+        if len(df) else ([], {}, {})
+    for i, values in measured.items():
+        for m, v in values.items():
+            df.at[i, m] = v
+    if clip is not None:
+        df = add_clip_scores(df, clip)
+
+    # 4. Tables for people (CSV), for DVC metrics and plots, and the best image per metric.
+    _display(df, keys).to_csv(out_dir / "runs.csv", index=False)
+    by_axis = axis_summary(df, axes)
+    by_axis.to_csv(out_dir / "by_axis.csv", index=False)
+    write_plots(by_axis, out_dir)
+    result = summary(df, axes)
+    result["grids"] = len(grids)
+    write_json(result["best"], out_dir / "best.json")
+    write_json({k: v for k, v in result.items() if k != "best"}, out_dir / "metrics.json")
+    constant = {k: _plain(df[k].iloc[0]) for k in [*keys, *PROVENANCE] if k in df and k not in axes and len(df)
+                and df[k].astype(str).nunique() == 1 and df[k].iloc[0] is not None}
+    return {**result, "df": df, "keys": keys, "rows": rows, "cols": cols, "twins": twins, "by_axis": by_axis,
+            "constant": constant, "grid_files": grids, "thumbs": thumbs,
+            "sweep_ids": sorted({str(s) for s in df.get("sweep_id", pd.Series(dtype=str)).dropna()})}
 
 
 def add_clip_scores(df: pd.DataFrame, clip) -> pd.DataFrame:
@@ -128,164 +612,6 @@ def add_clip_scores(df: pd.DataFrame, clip) -> pd.DataFrame:
     return df
 
 
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The metrics this sweep has values for (diversity needs several seeds, clip_score a CLIP checkpoint)."""
-    return [m for m in METRICS if m in df and df.loc[df["status"] == "ok", m].notna().any()]
-
-
-def axis_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread of every metric for each value of each swept axis (axes with one value are left out)."""
-    ok, metrics = df[df["status"] == "ok"], metric_columns(df)
-    parts = []
-    for axis in SWEEP_AXES:
-        if ok[axis].nunique() < 2:
-            continue
-        agg = ok.groupby(axis)[metrics].agg(["mean", "std"])
-        agg.columns = [f"{m}_{s}" for m, s in agg.columns]
-        agg.insert(0, "images", ok.groupby(axis).size())
-        agg = agg.reset_index().rename(columns={axis: "value"})
-        agg.insert(0, "axis", axis)
-        agg["value"] = agg["value"].map(fmt)
-        parts.append(agg)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["axis", "value", "images"])
-
-
-def write_axis_plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """plots/<axis>.csv: mean of each metric per value of guidance, steps and strength (what dvc.yaml plots).
-
-    The plotted metrics are always columns (empty when unmeasured), so `dvc plots show` never misses a field."""
-    metrics = list(dict.fromkeys([*PLOT_METRICS, *metric_columns(df)]))
-    ok = df[df["status"] == "ok"].reindex(columns=[*PLOT_AXES, *metrics])
-    written = []
-    for axis in PLOT_AXES:
-        table = ok.groupby(axis)[metrics].mean().reset_index() if len(ok) else pd.DataFrame(columns=[axis, *metrics])
-        path = out_dir / "plots" / f"{axis}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
-        written.append(path)
-    return written
-
-
-def _finite(series: pd.Series) -> pd.Series:
-    return series[series.map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
-
-
-def summary(df: pd.DataFrame) -> dict:
-    """The numbers `dvc metrics show` prints: counts and metric means; and the best cell for each metric."""
-    ok = df[df["status"] == "ok"]
-    out = {
-        "cells": int(df["cell_id"].nunique()),
-        "images": int(len(df)),
-        "ok": int(len(ok)),
-        "failed": int((df["status"] == "failed").sum()),
-        "mean": {},
-    }
-    best = {}
-    for metric in metric_columns(df):
-        values = _finite(ok[metric])
-        if not len(values):
-            continue
-        out["mean"][metric] = round(float(values.mean()), 6)
-        row = ok.loc[values.idxmin() if BETTER[metric] == "min" else values.idxmax()]
-        best[metric] = {"better": "lower" if BETTER[metric] == "min" else "higher", "cell_id": row["cell_id"],
-                        "value": float(row[metric]),
-                        **{a: row[a].item() if hasattr(row[a], "item") else row[a] for a in SWEEP_AXES}}
-    out["best"] = best
-    return out
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text).strip("_") or "none"
-
-
-def _open(path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return im
-
-
-def write_grids(
-    df: pd.DataFrame, out_dir: Path, rows: str, cols: str, cell_size: int = 256, max_megapixels: float | None = None
-) -> list[dict]:
-    """One labelled grid PNG per case and per slice of the axes that are neither rows nor columns, with the case's
-    input and mask beside it; and, from the same decoded images, a small JPEG per image under thumbs/ (for the HTML).
-    Returns ([{path, title, case, fixed, cells, cell_width, size}], {row index: thumbnail path relative to out_dir})."""
-    written, thumbs = [], {}
-    fixed_axes = [a for a in SWEEP_AXES if a not in (rows, cols)]
-    for case, case_df in df.groupby("case"):
-        row_values = sorted(case_df[rows].unique())
-        col_values = sorted(case_df[cols].unique())
-        first = case_df.iloc[0]
-        side = {"input": _open(first["input"]), "mask": _open(first["mask"])}
-        for fixed, slice_df in case_df.groupby(fixed_axes, sort=True):
-            fixed = dict(zip(fixed_axes, fixed if isinstance(fixed, tuple) else (fixed,)))
-            images = {}
-            for i, r in slice_df.iterrows():
-                images[(r[rows], r[cols])] = _open(r["image"]) if r["status"] == "ok" else "failed"
-                if r["status"] == "ok":
-                    thumbs[i] = _write_thumb(images[(r[rows], r[cols])], out_dir, f"{r['cell_id']}-seed-{r['seed']}")
-            title = f"{case}: " + ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items())
-            try:
-                grid = labelled_grid(images, row_values, col_values, rows, cols, title, cell_size, side, max_megapixels)
-            except ValueError as e:
-                raise ConfigError(f"report.max_megapixels={max_megapixels} is too small: {e}") from e
-            name = "__".join([_slug(case)] + [f"{k}={_slug(fmt(v))}" for k, v in fixed.items()])
-            path = out_dir / "grids" / f"{name}.png"
-            save_image(grid, path)
-            written.append({"path": path, "title": title, "case": case, "fixed": fixed,
-                            "cells": sum(isinstance(v, Image.Image) for v in images.values()),
-                            "cell_width": grid.info["cell_width"], "size": grid.size})
-    return written, thumbs
-
-
-def _write_thumb(image: Image.Image, out_dir: Path, name: str) -> str:
-    thumb = image.convert("RGB")
-    thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
-    (out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
-    thumb.save(out_dir / "thumbs" / f"{name}.jpg", quality=85)
-    return f"thumbs/{name}.jpg"
-
-
-def build_report(
-    cells_dir: str | Path,
-    out_dir: str | Path,
-    rows: str,
-    cols: str,
-    cell_size: int = 256,
-    max_megapixels: float | None = 16.0,
-    clip=None,
-) -> dict:
-    """Write runs.csv, by_axis.csv, plots/*.csv, metrics.json (numbers for DVC), best.json, grids/ and thumbs/.
-
-    Returns the summary, with the table (`df`), the grids and the thumbnails for the HTML page and Comet.
-    """
-    # 1. Start from an empty report folder, so no grid of an earlier sweep lingers.
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in OUTPUT_FOLDERS:  # all exist afterwards, even empty: they are DVC outputs
-        shutil.rmtree(out_dir / folder, ignore_errors=True)
-        (out_dir / folder).mkdir()
-
-    # 2. A row per image, with the metrics computed across images.
-    df = add_diversity(load_records(cells_dir))
-    if clip is not None:
-        df = add_clip_scores(df, clip)
-
-    # 3. Tables for people (CSV), for DVC metrics and plots, and the best cell per metric.
-    df.to_csv(out_dir / "runs.csv", index=False)
-    axis_summary(df).to_csv(out_dir / "by_axis.csv", index=False)
-    write_axis_plots(df, out_dir)
-    result = summary(df)
-
-    # 4. Pictures: labelled grids and thumbnails (each image decoded once).
-    grids, thumbs = write_grids(df, out_dir, rows, cols, cell_size, max_megapixels) if len(df) else ([], {})
-    result["grids"] = len(grids)
-    write_json(result["best"], out_dir / "best.json")
-    write_json({k: v for k, v in result.items() if k != "best"}, out_dir / "metrics.json")
-    return {**result, "df": df, "grid_files": grids, "thumbs": thumbs,
-            "sweep_ids": sorted({str(s) for s in df.get("sweep_id", pd.Series(dtype=str)).dropna()})}
-
-
 def log_report_to_comet(
     out_dir: str | Path, report: dict, rows: str, cols: str, online: bool, project: str, workspace: str | None
 ) -> str:
@@ -295,7 +621,7 @@ def log_report_to_comet(
     out_dir = Path(out_dir)
     sweeps = report["sweep_ids"]
     params = {"report_rows": rows, "report_cols": cols, "sweep_ids": ",".join(sweeps),
-              "cells": report["cells"], "images": report["images"]}
+              "cells": report["cells"], "images": report["images"], "axes": ",".join(report["axes"])}
     metrics = {"ok": report["ok"], "failed": report["failed"], **{f"mean_{k}": v for k, v in report["mean"].items()}}
     images = {g["path"].stem: str(g["path"]) for g in report["grid_files"]}
     assets = {name: str(out_dir / name) for name in ("runs.csv", "by_axis.csv", "best.json", "metrics.json")}
