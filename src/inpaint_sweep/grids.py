@@ -4,18 +4,13 @@ grid page and one decoded image; and the short labels every part of the report u
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .images import font
 
 PAD = 4
 LABEL_CHARS = 28  # a value longer than this (a prompt) is shortened on a grid's margin; tables show it whole
-
-
-@lru_cache(maxsize=None)
-def font(size: int) -> ImageFont.ImageFont:
-    """Pillow's built-in scalable font: nothing to download, same look everywhere."""
-    return ImageFont.load_default(size=size)
 
 
 def fmt(value) -> str:
