@@ -2,6 +2,7 @@
 touches nothing, two sweeps never mix, files are readable by colleagues, safety-checker verdicts are recorded."""
 
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -310,3 +311,25 @@ def test_a_prompt_longer_than_the_model_reads_is_one_warning_and_recorded(tmp_pa
     assert f"its last {dropped} token(s) are dropped" in printed
     assert "Token indices sequence length" not in printed  # not the library's misleading warning
     assert all(r["prompt_truncated"] is True and r["negative_prompt_truncated"] is False for r in view(tmp_path))
+
+
+def test_comet_gets_capped_previews_and_the_photo_once_per_case(tmp_path, prepared, model_cache):
+    generate(tmp_path, prepared, model_cache, "-m", "guidance=5,9,12")
+    logged = {}
+    for archive in archives(tmp_path):
+        with zipfile.ZipFile(archive) as z:
+            messages = [json.loads(x) for x in z.read("messages.json").decode().splitlines() if x.strip()]
+            uploads = {m["payload"]["additional_params"]["figName"]: z.read(m["payload"]["file_path"])
+                       for m in messages if m["type"] == "file_upload"}
+            params = {m["payload"]["param"]["paramName"]: m["payload"]["param"]["paramValue"]
+                      for m in messages if m["type"] == "parameter_msg"}
+        logged[archive.stem] = (uploads, params)
+    with_inputs = [cid for cid, (uploads, _) in logged.items() if "input" in uploads]
+    assert len(with_inputs) == 1 and all(params["inputs_logged_in"] == with_inputs[0]
+                                         for _, params in logged.values())
+    for uploads, params in logged.values():
+        picture = Image.open(io.BytesIO(uploads["output_seed-0"]))
+        assert picture.format == "WEBP" and picture.width * picture.height <= 1_000_000
+        assert params["negative_prompt"] == "(none)" and params["model.scheduler"] == "(default)"  # as in the report
+    full = Image.open(view(tmp_path)[0]["images"][0]["path"])
+    assert full.format == "PNG" and full.size == Image.open(prepared / "bus_person" / "image.png").size

@@ -226,7 +226,8 @@ def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path
                   if p["upload_type"] == "visualization"}
         assets = {p.get("additional_params", {}).get("fileName") or p.get("file_name") for p in uploads
                   if p["upload_type"] != "visualization"}
-    assert {"report", "sweep:sweep-1"} <= set(experiment["tags"])
+    assert {"kind:report", "report-of:sweep-1"} <= set(experiment["tags"])
+    assert not any(tag.startswith("sweep:") for tag in experiment["tags"])  # a sweep's cells filter without it
     grids = {g.stem: g.read_bytes() for g in (out / "grids").glob("*.png")}
     assert len(grids) == 4 and images == grids
     assert {"runs.csv", "by_axis.csv", "best.json", "metrics.json"} <= assets

@@ -83,6 +83,8 @@ class TrackingConfig:
     project: str = "inpaint-sweep"
     workspace: Optional[str] = None
     offline: bool = False
+    image_format: str = "webp"  # png | webp | jpeg: the output pictures sent to Comet (the store keeps full PNGs)
+    image_max_pixels: Optional[int] = 1_000_000  # their size cap in pixels (aspect kept); null = full size
 
 
 @dataclass
@@ -141,6 +143,7 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance}")
     check_mask_config(cfg.mask)
     check_model_config(cfg.model)
+    check_tracking_config(cfg.tracking)
 
 
 MODEL_SOURCES = ("tiny", "pretrained", "single_file")
@@ -221,6 +224,18 @@ def model_config(source: str, **settings) -> DictConfig:
     """A typed model config, as a preset would give (for tests and benchmarks): model_config("tiny", size=64)."""
     settings.setdefault("name", source)
     return OmegaConf.structured(ModelConfig(source=source, **settings))
+
+
+IMAGE_FORMATS = ("png", "webp", "jpeg")
+
+
+def check_tracking_config(tracking: Any) -> None:
+    if tracking.image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"unknown tracking.image_format={tracking.image_format!r}; choose one of "
+                          f"{', '.join(IMAGE_FORMATS)}")
+    if tracking.image_max_pixels is not None and tracking.image_max_pixels < 4096:
+        raise ConfigError(f"tracking.image_max_pixels must be null or >= 4096 (64x64), got "
+                          f"tracking.image_max_pixels={tracking.image_max_pixels}")
 
 
 def check_mask_config(mask: Any) -> None:

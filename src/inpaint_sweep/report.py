@@ -625,7 +625,8 @@ def log_report_to_comet(
     metrics = {"ok": report["ok"], "failed": report["failed"], **{f"mean_{k}": v for k, v in report["mean"].items()}}
     images = {g["path"].stem: str(g["path"]) for g in report["grid_files"]}
     assets = {name: str(out_dir / name) for name in ("runs.csv", "by_axis.csv", "best.json", "metrics.json")}
-    tags = ["report", *(f"sweep:{s}" for s in sweeps)]
+    # Not `sweep:<id>`: filtering a sweep's cells by that tag must not include its report.
+    tags = ["kind:report", *(f"report-of:{s}" for s in sweeps)]
     name = "report-" + ("+".join(sweeps) or "empty")
     return tracking.log_cell(out_dir / "comet", online, project, workspace, name, params, metrics, tags, images,
                              assets=assets)

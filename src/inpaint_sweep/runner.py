@@ -66,6 +66,7 @@ class SweepRunner:
         self._cases: dict[str, list[PreparedCase]] = {}
         self._inputs: dict[tuple, tuple] = {}
         self._warned: set[tuple] = set()
+        self._inputs_logged: dict[str, str] = {}  # case id -> the experiment that holds its photo and mask
         # Finishing computed cells: one thread per two CPU cores (at most 4), at most twice as many cells waiting, so
         # a fast GPU cannot pile up images in memory faster than they are written.
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -234,17 +235,27 @@ class SweepRunner:
         if comet:  # logged offline before, online now: comet_ml's own uploader sends the stored archive, once
             return {"upload": str(self.store.cell_dir(record["cell_id"]) / COMET_ARCHIVE)}
         stored = self.store.cell_dir(record["cell_id"])
-        images = {"input": record["input"], "mask": record["mask"]}
-        images.update({f"output_seed-{e['seed']}": str(stored / Path(e["path"]).name) for e in record["images"]})
+        workdir = Path(tempfile.mkdtemp(prefix=f".comet-{record['cell_id']}-", dir=self.store.root))
+        t = cfg.tracking
+        images = {f"output_seed-{e['seed']}": preview(stored / Path(e["path"]).name, workdir, t.image_format,
+                                                      t.image_max_pixels) for e in record["images"]}
+        params = comet_params(record)
+        # The case's photo and mask once per case and sweep, in the first experiment that needs them; the others name
+        # that experiment (Comet cannot link assets across experiments, and a photo in every cell dominated storage).
+        first = self._inputs_logged.setdefault(record["case"], record["cell_id"])
+        if first == record["cell_id"]:
+            images["input"] = preview(Path(record["input"]), workdir, t.image_format, t.image_max_pixels)
+            images["mask"] = preview(Path(record["mask"]), workdir, "png", t.image_max_pixels)
+        params["inputs_logged_in"] = first
         return {
-            "offline_dir": tempfile.mkdtemp(prefix=f".comet-{record['cell_id']}-", dir=self.store.root),
+            "offline_dir": str(workdir),
             "online": self.online,
-            "project": cfg.tracking.project,
-            "workspace": cfg.tracking.workspace,
+            "project": t.project,
+            "workspace": t.workspace,
             "name": record["cell_id"],
-            "params": comet_params(record),
+            "params": params,
             "metrics": comet_metrics(record),
-            "tags": [f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
+            "tags": ["kind:cell", f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
             "images": images,
         }
 
@@ -395,9 +406,30 @@ def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dic
     }
 
 
+def preview(source: Path, folder: Path, image_format: str, max_pixels: int | None) -> str:
+    """A copy of `source` for Comet: `image_format`, at most `max_pixels` pixels (aspect kept)."""
+    with Image.open(source) as image:
+        image.load()
+        if max_pixels and image.width * image.height > max_pixels:
+            scale = (max_pixels / (image.width * image.height)) ** 0.5
+            image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                                 Image.Resampling.LANCZOS)
+        if image_format == "png" and not max_pixels:
+            return str(source)
+        target = folder / f"{source.stem}.{'jpg' if image_format == 'jpeg' else image_format}"
+        if image_format == "jpeg" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(target, format=image_format.upper(), quality=90)
+        return str(target)
+
+
 def comet_params(record: dict) -> dict:
-    """The cell's Comet parameters: the config's own key names, plus what identifies the cell."""
-    params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in record["config"].items()}
+    """The cell's Comet parameters: the config's own key names, plus what identifies the cell. Empty values read as
+    in the report's grids and tables: "" is "(none)", null is "(default)"."""
+    from .grids import fmt
+
+    params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else fmt(v) if v in ("", None) else v)
+              for k, v in record["config"].items()}
     params.update({k: record[k] for k in ("case", "prompt", "model_id", "model_revision", "mask_method", "cell_id",
                                           "code_version")})
     return params
