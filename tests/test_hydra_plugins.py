@@ -10,6 +10,17 @@ from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, Inte
 from hydra_plugins.inpaint_sweep_grid import GridLauncher, GridSweeper
 
 
+@pytest.fixture(autouse=True)
+def _as_in_a_fresh_process(hydra_restore_singletons):
+    """Hydra's suites expect a process where no app has run yet: other tests here composed configs with
+    version_base 1.3, which Hydra keeps in a singleton (it decides, e.g., whether jobs change directory)."""
+    from hydra.core.singleton import Singleton
+    from hydra.version import VersionBase
+
+    Singleton._instances.pop(VersionBase, None)
+    yield
+
+
 def test_discovery():
     assert GridLauncher.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
     assert GridSweeper.__name__ in [x.__name__ for x in Plugins.instance().discover(Sweeper)]
