@@ -47,6 +47,14 @@ def photo() -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
 
 
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """The default manifest prepared once (the sample photo, box mask), for the tests that generate from it."""
+    out = tmp_path_factory.mktemp("prepared")
+    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
+    return out
+
+
 def stage_env(**extra) -> dict:
     """Environment for running stage scripts and dvc in a subprocess: this venv first on PATH, no real Comet key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMET_")}

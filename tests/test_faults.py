@@ -19,13 +19,6 @@ SENTINELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
-    return out
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

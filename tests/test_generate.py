@@ -93,13 +93,6 @@ def comet_params(archive: Path) -> dict:
             for m in lines if m["type"] == "parameter_msg"}
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
-    return out
-
-
 def sweep(tmp_path, prepared, model_cache, *args, env=None):
     gen = tmp_path / "gen"
     cmd = ["python", "stages/generate.py", "-m", *args,

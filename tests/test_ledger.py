@@ -22,13 +22,6 @@ GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hy
         "model.size=64"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
-    return out
-
-
 def generate(tmp, prepared, model_cache, *args, check=True, view_dir="gen", env=None, popen=False):
     flags = [a for a in args if a.startswith("-")]  # -m first; the test's overrides after GRID, so they win
     cmd = ["python", "stages/generate.py", *flags, *GRID, *[a for a in args if a not in flags], f"paths.prepare={prepared}",

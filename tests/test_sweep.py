@@ -23,13 +23,6 @@ FIXED_GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2
               "hydra.sweeper.params.negative_prompt=''"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
-    return out
-
-
 def generate(tmp, prepared, model_cache, *args, check=True, env=None):
     cmd = ["python", "stages/generate.py", *args, "model.size=64", f"paths.prepare={prepared}",
            f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra/multirun",

@@ -15,22 +15,14 @@ import json
 import subprocess
 import sys
 
+from .identity import flatten
+
 FINISHED = ("-", "success")  # the workspace and commits ("-"), and experiments that ran to the end
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _files(section: dict | None) -> dict:
     """{file: {"data": {...}}} -> one flat dict of keys (params.yaml, metrics.json)."""
-    return {k: v for entry in (section or {}).values() for k, v in _flat(entry.get("data") or {}).items()}
+    return {k: v for entry in (section or {}).values() for k, v in flatten(entry.get("data") or {}).items()}
 
 
 def _row(entry: dict, label: str, state: str) -> dict:

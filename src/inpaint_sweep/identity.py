@@ -52,7 +52,7 @@ def generation_config(cfg) -> dict:
 
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     plain.pop("hydra", None)
-    flat = _flatten(plain)
+    flat = flatten(plain)
     flat["model.device"] = resolve_device(flat["model.device"])
     flat["model.dtype"] = resolve_dtype(flat["model.dtype"], flat["model.device"])
     # torch's CPU kernels round differently with another thread count (measured: 1 vs 2 threads, pixels off by 1).
@@ -60,11 +60,12 @@ def generation_config(cfg) -> dict:
     return {k: v for k, v in flat.items() if not _excluded(k)}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"model": {"size": 64}} -> {"model.size": 64}: nested keys as dotted ones (an empty dict stays a value)."""
     out = {}
     for key, value in d.items():
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

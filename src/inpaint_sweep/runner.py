@@ -29,7 +29,7 @@ from PIL import Image
 
 from . import tracking
 from .config import SWEEP_AXES
-from .identity import Digests, _flatten, cell_id, cell_identity, generation_config, model_fingerprint
+from .identity import Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint
 from .images import load_photo, save_image, write_json
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .provenance import code_version
@@ -392,7 +392,7 @@ def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dic
         "padding_mask_crop": m.padding_mask_crop,
         "working_size": list(working_size(tuple(case.image_size), m.size)),
         "mask_method": case.method,
-        "config": _flatten(plain),  # the whole job config (flat dotted keys): what the report splits on
+        "config": flatten(plain),  # the whole job config (flat dotted keys): what the report splits on
         "identity": identity,  # what the cell id hashes (identity.py)
         "code_version": code_version(),
         "sweep_id": sweep_id,
