@@ -63,7 +63,8 @@ class GridLauncher(BasicLauncher):
 
 
 def _run_job(config: DictConfig, task_function, callbacks) -> JobReturn:
-    """hydra.core.utils.run_job for a sweep job, step for step, without its two deep copies of `config`."""
+    """hydra.core.utils.run_job for a sweep job, step for step, without its two deep copies of the whole `config`
+    (the sweeper's loader made this job's config for it alone)."""
     old_cwd, previous = os.getcwd(), HydraConfig.instance().cfg
     output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
                               str(OmegaConf.select(config, "hydra.sweep.subdir")))
@@ -73,9 +74,10 @@ def _run_job(config: DictConfig, task_function, callbacks) -> JobReturn:
     chdir = None
     try:
         ret = JobReturn()
-        # The task's config: the typed schema at its root (OmegaConf.get_type is the schema class), no hydra node;
-        # a shallow copy, as the task never writes to it.
-        task_cfg = copy.copy(config)
+        # The task's config: a copy with the typed schema at its root (OmegaConf.get_type is the schema class) and
+        # no hydra node. The hydra node is left out of the copy (the memo maps it to itself), not copied and deleted.
+        hydra_node = config._get_node("hydra")
+        task_cfg = copy.deepcopy(config, memo={id(hydra_node): hydra_node})
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
         ret.cfg, ret.hydra_cfg = task_cfg, config
