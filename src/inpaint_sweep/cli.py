@@ -46,7 +46,7 @@ def one_line_errors(func):
 HELP_FLAGS = ("--help", "-h")
 STAGE_KEYS = {  # what each stage reads (dvc.yaml's params of the stage; a test checks they agree)
     "prepare": ("cases", "mask", "paths.prepare"),
-    "generate": ("steps", "guidance", "strength", "negative_prompt", "seed", "model", "tracking", "paths.prepare",
+    "generate": ("steps", "guidance", "strength", "prompt", "prompt_sr", "negative_prompt", "seed", "model", "tracking", "paths.prepare",
                  "paths.generate", "paths.cell_store", "hydra.sweeper.params"),
     "report": ("report", "tracking", "paths.generate", "paths.report"),
 }

@@ -33,6 +33,7 @@ ENGINE_VERSION = 2
 NOT_IDENTITY = {
     "cases": "the manifest's path: each case's photo, mask and prompt are hashed instead",
     "mask": "prepare's settings: their result, the case's mask files, is hashed instead",
+    "prompt_sr": "search/replace of the prompts: the prompt and negative prompt each cell uses are hashed instead",
     "tracking": "where the cell is logged, not what it is",
     "report": "the report stage's settings",
     "paths": "where files are written",

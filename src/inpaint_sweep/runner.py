@@ -22,18 +22,19 @@ import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
 from . import tracking
-from .config import SWEEP_AXES
+from .config import SWEEP_AXES, ConfigError, load_settings
 from .identity import Digests, _flatten, cell_id, cell_identity, generation_config, model_fingerprint
 from .images import load_photo, save_image, write_json
 from .inpaint import denoise, seed_list, to_photo, working_size
 from .provenance import code_version
-from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, write_record
+from .records import COMET_ARCHIVE, RECORD, PreparedCase, file_entry, load_prepared, write_record
 from .store import CellStore, ViewLock, prune, show, view_paths, write_failed
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ STATUSES = ("done", "skipped", "failed")
 
 
 class SweepRunner:
-    def __init__(self, cfg, sweep_id: str, total_cells: int | None = None, lock: bool = True) -> None:
+    def __init__(self, cfg, sweep_id: str, lock: bool = True) -> None:
         self.view = Path(cfg.paths.generate)
         self._lock_file = ViewLock(self.view) if lock else None
         if self._lock_file:
@@ -58,7 +59,7 @@ class SweepRunner:
         self.logger = tracking.CometLogger() if cfg.tracking.comet else None
         self.online = None  # whether Comet logs go online: asked once, at the first cell that logs
         self._lock = threading.Lock()
-        self._loaded: tuple[str, object] | None = None  # (load settings, LoadedModel): one pipeline resident
+        self._loaded: tuple[tuple, object] | None = None  # (load settings, LoadedModel): one pipeline resident
         self._fingerprints: dict[str, tuple[str, str]] = {}
         self._cases: dict[str, list[PreparedCase]] = {}
         self._inputs: dict[tuple, tuple] = {}
@@ -68,29 +69,56 @@ class SweepRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="finish-cell")
         self._waiting = threading.BoundedSemaphore(2 * workers)
         self._futures: list[Future] = []
-        self._bar = None
-        if total_cells is not None:
-            from tqdm.auto import tqdm
+        self._bar = None  # a multirun's overall progress bar: show_progress
 
-            self._bar = tqdm(total=total_cells, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
+    def show_progress(self, total_cells: int) -> None:
+        """Start the overall progress bar (cells done, skipped, failed; ETA)."""
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total_cells, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
 
     # -- the job ------------------------------------------------------------------------------------------------------
 
     def run_job(self, cfg) -> None:
         """Make every case's cell for this job's settings available in the view, computing only what the store lacks."""
-        generation = generation_config(cfg)
-        fingerprint, revision = self.fingerprint(cfg.model)
+        _, revision = self.fingerprint(cfg.model)
         settings = _settings(cfg)
-        for case in self.prepared(cfg.paths.prepare):
-            identity = cell_identity(generation, fingerprint, case, self.digests)
-            cid = cell_id(case.id, identity)
+        for case, prompts, identity, cid in self.job_cells(cfg):
             self.cells.add(cid)
             record = self.store.get(cid)
             if record is not None:
                 self._reuse(record, cfg)
                 continue
-            record = _new_record(cid, case, cfg, settings, identity, revision, self.sweep_id)
+            record = _new_record(cid, case, cfg, settings, identity, revision, self.sweep_id, prompts)
             self._compute(record, case, cfg)
+
+    def job_cells(self, cfg):
+        """Each cell of a job, in order: (case, its Prompts, identity, cell id). The identity holds the prompt and
+        negative prompt the cell actually uses (after `prompt` and `prompt_sr`), so equal texts share a cell."""
+        generation = generation_config(cfg)
+        fingerprint, _ = self.fingerprint(cfg.model)
+        for case in self.prepared(cfg.paths.prepare):
+            for prompts in prompt_variants(case.id, case.prompt, cfg.prompt, cfg.negative_prompt, cfg.prompt_sr):
+                texts = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
+                identity = cell_identity({**generation, **texts}, fingerprint, case, self.digests)
+                yield case, prompts, identity, cell_id(case.id, identity)
+
+    def plan(self, configs) -> tuple[int, int, int]:
+        """(cells, of them already in the store, model loads) of a grid's job configs, in launch order, loading
+        nothing: the cell ids come from each job's config and the model's fingerprint, as run_job computes them."""
+        cells, stored, loads = 0, 0, []
+        for cfg in configs:
+            missing = False
+            for *_, cid in self.job_cells(cfg):
+                cells += 1
+                if (self.store.cell_dir(cid) / RECORD).is_file():
+                    stored += 1
+                else:
+                    missing = True
+            key = load_settings(cfg.model)
+            if missing and (not loads or loads[-1] != key):
+                loads.append(key)
+        return cells, stored, len(loads)
 
     def prepared(self, prepare_dir: str) -> list[PreparedCase]:
         if prepare_dir not in self._cases:
@@ -107,8 +135,7 @@ class SweepRunner:
         """The loaded pipeline for `model_cfg`, with its scheduler set; loading it releases the previous one."""
         from .model import load_model, set_scheduler, use_cpu_threads
 
-        settings = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k not in ("scheduler", "name")}
-        key = repr(sorted(settings.items()))
+        key = load_settings(model_cfg)
         if self._loaded is None or self._loaded[0] != key:
             self.release_model()
             loaded = load_model(model_cfg)
@@ -147,8 +174,8 @@ class SweepRunner:
             record["device"], record["dtype"] = model.device, model.dtype
             image, mask, soft = self._case_inputs(case)
             raws, metrics, box, nsfw = denoise(
-                model.pipe, image, mask, case.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance, cfg.strength,
-                seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
+                model.pipe, image, mask, record["prompt"], record["negative_prompt"], cfg.steps, cfg.guidance,
+                cfg.strength, seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
             )
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
             if isinstance(e, KeyboardInterrupt):
@@ -342,23 +369,44 @@ def decode_inputs(case: PreparedCase) -> tuple:
     return image, mask, soft
 
 
+class Prompts(NamedTuple):
+    prompt: str
+    negative_prompt: str
+    replacement: str | None  # the prompt_sr value the cell uses; None without search/replace
+
+
+def prompt_variants(case_id: str, case_prompt: str, prompt: str | None, negative_prompt: str,
+                    prompt_sr) -> list[Prompts]:
+    """The prompts of one case's cells in a job: the job's `prompt` (null: the case's own) and negative prompt; with
+    `prompt_sr` [find, a, b, ...] (A1111's Prompt S/R), one cell per value, each replacing `find` in both."""
+    text = case_prompt if prompt is None else prompt
+    if not prompt_sr:
+        return [Prompts(text, negative_prompt, None)]
+    find = prompt_sr[0]
+    if find not in text:
+        raise ConfigError(f"case {case_id}: prompt_sr looks for {find!r}, which its prompt {text!r} does not contain")
+    return [Prompts(text.replace(find, v), negative_prompt.replace(find, v), v) for v in prompt_sr]
+
+
 def _settings(cfg) -> dict:
     return {k: (OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]) for k in SWEEP_AXES}
 
 
 def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dict, revision: str,
-                sweep_id: str) -> dict:
+                sweep_id: str, prompts: Prompts) -> dict:
     m = cfg.model
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("hydra", "paths", "tracking", "report"):
         plain.pop(key, None)
+    plain["prompt_sr"] = prompts.replacement  # this cell's value of the search/replace axis
     return {
         "cell_id": cid,
         "status": "ok",
         "error": None,
         "case": case.id,
-        "prompt": case.prompt,
         **settings,
+        "prompt": prompts.prompt,  # the prompt the cell used
+        "negative_prompt": prompts.negative_prompt,
         "model": m.name,
         "model_id": m.id or "builtin/tiny-sd-inpaint",
         "model_revision": revision,
@@ -402,8 +450,8 @@ def comet_metrics(record: dict) -> dict:
 _CURRENT: list[SweepRunner] = []
 
 
-def start(cfg, sweep_id: str, total_cells: int | None) -> SweepRunner:
-    runner = SweepRunner(cfg, sweep_id, total_cells)
+def start(cfg, sweep_id: str) -> SweepRunner:
+    runner = SweepRunner(cfg, sweep_id)
     _CURRENT[:] = [runner]
     return runner
 
