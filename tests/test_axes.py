@@ -175,3 +175,29 @@ def test_grid_jobs_cross_zip_and_group_by_model():
 
     overrides = parse(["a=1,2", "b=x,y,z", "c=3"])
     assert grid_jobs(overrides) == BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def test_mask_settings_are_generate_axes(tmp_path, prepared, model_cache):
+    """mask.dilate and mask.feather apply to prepare's base mask at generate time: no new prepare, a cell per
+    variant, each with its own mask files, and the photo untouched outside its own mask."""
+    import numpy as np
+    from PIL import Image
+
+    base = np.asarray(Image.open(json.loads((prepared / "cases.json").read_text())[0]["mask"])) > 127
+    result = generate(tmp_path, prepared, model_cache, "-m", "mask.dilate=0,8,24", "mask.feather=0,12", "guidance=5",
+                      *FIXED)
+    assert plan(result) == {"jobs": 6, "cells": 6, "stored": 0, "loads": 1}
+    records = view(tmp_path)
+    assert len({r["cell_id"] for r in records}) == 6
+    areas = {}
+    for r in records:
+        dilate, feather = r["config"]["mask.dilate"], r["config"]["mask.feather"]
+        assert Path(r["mask"]).parent == tmp_path / "gen" / "cells" / r["cell_id"] and "mask.png" in r["files"]
+        mask = np.asarray(Image.open(r["mask"])) > 127
+        areas[dilate] = int(mask.sum())
+        assert (mask >= base).all()
+        assert ("soft_mask.png" in r["files"]) == (feather > 0) and (r["soft_mask"] is not None) == (feather > 0)
+        photo = np.asarray(Image.open(r["input"]).convert("RGB"))
+        out = np.asarray(Image.open(r["images"][0]["path"]).convert("RGB"))
+        assert (out[~mask] == photo[~mask]).all()
+    assert areas[0] == base.sum() < areas[8] < areas[24]

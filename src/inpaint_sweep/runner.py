@@ -31,7 +31,7 @@ from PIL import Image
 from . import tracking
 from .config import SWEEP_AXES, ConfigError, load_settings
 from .identity import Digests, _flatten, cell_id, cell_identity, generation_config, model_fingerprint
-from .images import load_photo, save_image, write_json
+from .images import load_photo, save_image, to_mask_image, write_json
 from .inpaint import denoise, seed_list, to_photo, working_size
 from .provenance import code_version
 from .records import COMET_ARCHIVE, RECORD, PreparedCase, file_entry, load_prepared, write_record
@@ -172,7 +172,7 @@ class SweepRunner:
             model = self.model(cfg.model)
             record["scheduler_class"] = type(model.pipe.scheduler).__name__
             record["device"], record["dtype"] = model.device, model.dtype
-            image, mask, soft = self._case_inputs(case)
+            image, mask, soft = self._case_inputs(case, cfg.mask)
             raws, metrics, box, nsfw = denoise(
                 model.pipe, image, mask, record["prompt"], record["negative_prompt"], cfg.steps, cfg.guidance,
                 cfg.strength, seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
@@ -194,6 +194,13 @@ class SweepRunner:
         staging = self.store.staging(cid)
         try:
             stored = self.store.cell_dir(cid)
+            # The masks this cell inpainted and blended with (prepare's base mask under the job's mask settings).
+            for name, pixels in (("mask.png", to_mask_image(mask)), ("soft_mask.png", soft)):
+                if pixels is not None:
+                    save_image(pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, mode="L"),
+                               staging / name)
+                    record["files"][name] = file_entry(staging / name)
+                    record[name.removesuffix(".png")] = str(stored / name)
             for seed, raw, cell_metrics, flagged in zip(seeds, raws, metrics, nsfw):
                 name = f"seed-{seed}.png"
                 save_image(to_photo(image, raw, mask, box, soft), staging / name, compress_level=1)  # level 1: fast
@@ -226,13 +233,15 @@ class SweepRunner:
             self.failed.append(record["cell_id"])
         self._advance("failed", record["cell_id"])
 
-    def _case_inputs(self, case: PreparedCase):
-        """A case's photo, mask and soft mask, decoded once per process (read only: shared by threads)."""
-        key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), case.soft_mask)
+    def _case_inputs(self, case: PreparedCase, mask_cfg):
+        """A case's photo, and its mask and soft mask under this job's mask settings, decoded once per process
+        (read only: shared by threads)."""
+        settings = (mask_cfg.dilate, mask_cfg.feather, mask_cfg.clip_to_box)
+        key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), settings)
         if key not in self._inputs:
             if len(self._inputs) >= 8:  # a few cases' worth: each job runs every case
                 self._inputs.pop(next(iter(self._inputs)))
-            self._inputs[key] = decode_inputs(case)
+            self._inputs[key] = decode_inputs(case, *settings)
         return self._inputs[key]
 
     # -- Comet ---------------------------------------------------------------------------------------------------
@@ -361,11 +370,17 @@ class SweepRunner:
                 self._lock_file.release()
 
 
-def decode_inputs(case: PreparedCase) -> tuple:
-    """The photo generate works on (the upright 8-bit copy prepare wrote), its mask and its soft mask."""
+def decode_inputs(case: PreparedCase, dilate: int = 0, feather: int = 0, clip: bool = False) -> tuple:
+    """The photo generate works on (the upright 8-bit copy prepare wrote), and the mask it inpaints: prepare's base
+    mask grown by `dilate` pixels (then cut to the case's box if `clip`), with its soft mask for compositing
+    (`feather` > 0; else None)."""
+    from .masks import clip_to_box, dilate as grow, feather_mask
+
     image = load_photo(case.image, warn=False)
-    mask = np.asarray(Image.open(case.mask)) > 127
-    soft = np.asarray(Image.open(case.soft_mask).convert("L")) if case.soft_mask else None
+    mask = grow(np.asarray(Image.open(case.mask)) > 127, dilate)
+    if clip and case.box:
+        mask = clip_to_box(mask, tuple(case.box))
+    soft = feather_mask(mask, feather) if feather > 0 else None
     return image, mask, soft
 
 
@@ -420,8 +435,8 @@ def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dic
         "code_version": code_version(),
         "sweep_id": sweep_id,
         "input": case.image,
-        "mask": case.mask,
-        "soft_mask": case.soft_mask,
+        "mask": case.mask,  # then the cell's own mask.png (and soft_mask.png): the mask settings applied to it
+        "soft_mask": None,
         "images": [],
         "files": {},
         "comet": None,
