@@ -201,3 +201,45 @@ def test_mask_settings_are_generate_axes(tmp_path, prepared, model_cache):
         out = np.asarray(Image.open(r["images"][0]["path"]).convert("RGB"))
         assert (out[~mask] == photo[~mask]).all()
     assert areas[0] == base.sum() < areas[8] < areas[24]
+
+
+def _claim_a_gpu(store: str, gpus: int, picked, done) -> None:
+    """In a worker process: a runner on a machine faking `gpus` CUDA devices asks for model.device=cuda."""
+    import torch
+
+    import inpaint_sweep.runner as runner
+    from inpaint_sweep.config import load_config, model_config
+
+    runner.cuda_device_count = lambda: gpus
+    torch.cuda.set_device = lambda index: None
+    cfg = load_config([f"paths.generate={store}/gen", f"paths.cell_store={store}/store", "tracking.comet=false"])
+    run = runner.SweepRunner(cfg, "test", lock=False)
+    picked.put(run.pinned(model_config("tiny", device="cuda")).device)
+    done.wait(60)  # hold the GPU while the others pick theirs, as a worker does for the whole sweep
+
+
+def test_each_worker_process_pins_its_own_gpu(tmp_path):
+    """model.device=cuda on a node with N GPUs: N worker processes (a parallel launcher's) take one GPU each."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    picked, done = ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=_claim_a_gpu, args=(str(tmp_path), 3, picked, done)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        devices = sorted(picked.get(timeout=120) for _ in workers)
+    finally:
+        done.set()
+        for w in workers:
+            w.join(30)
+    assert devices == ["cuda:0", "cuda:1", "cuda:2"]
+
+    # One GPU, or a device given explicitly: left as configured.
+    from inpaint_sweep.config import load_config, model_config
+    from inpaint_sweep.runner import SweepRunner
+
+    cfg = load_config([f"paths.generate={tmp_path}/g", f"paths.cell_store={tmp_path}/s", "tracking.comet=false"])
+    run = SweepRunner(cfg, "test", lock=False)
+    assert run.pinned(model_config("tiny", device="cpu")).device == "cpu"
+    run.close(completed=False)

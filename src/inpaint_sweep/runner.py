@@ -59,6 +59,7 @@ class SweepRunner:
         self.logger = tracking.CometLogger() if cfg.tracking.comet else None
         self.online = None  # whether Comet logs go online: asked once, at the first cell that logs
         self._lock = threading.Lock()
+        self._gpu: tuple[int, object] | None = None  # (index, its held lock file): this process's GPU, if pinned
         self._loaded: tuple[tuple, object] | None = None  # (load settings, LoadedModel): one pipeline resident
         self._fingerprints: dict[str, tuple[str, str]] = {}
         self._cases: dict[str, list[PreparedCase]] = {}
@@ -138,12 +139,30 @@ class SweepRunner:
         key = load_settings(model_cfg)
         if self._loaded is None or self._loaded[0] != key:
             self.release_model()
-            loaded = load_model(model_cfg)
+            loaded = load_model(self.pinned(model_cfg))
             use_cpu_threads(loaded.device, model_cfg.cpu_threads)
             self._loaded = (key, loaded)
         loaded = self._loaded[1]
         set_scheduler(loaded, model_cfg.scheduler)
         return loaded
+
+    def pinned(self, model_cfg):
+        """`model_cfg` on this process's own GPU when it asks for `cuda` (or `auto`, finding CUDA) on a machine with
+        several: the first GPU no other process holds (claim_gpu), so the N workers of a parallel launcher use N
+        GPUs. The cell identity keeps `cuda`: a cell is the same whichever GPU made it (the record's `device` says)."""
+        from .model import resolve_device
+
+        if resolve_device(model_cfg.device) != "cuda" or cuda_device_count() < 2:
+            return model_cfg
+        if self._gpu is None:
+            import torch
+
+            self._gpu = claim_gpu(cuda_device_count(), self.store.root / ".gpus")
+            torch.cuda.set_device(self._gpu[0])  # CUDA's current device too: no stray context on GPU 0
+            log.info("this process uses GPU cuda:%d", self._gpu[0])
+        pinned = model_cfg.copy()
+        pinned.device = f"cuda:{self._gpu[0]}"
+        return pinned
 
     def release_model(self) -> None:
         if self._loaded is None:
@@ -362,12 +381,38 @@ class SweepRunner:
             if self.logger:
                 self.logger.close()
             self.release_model()
+            if self._gpu is not None and self._gpu[1] is not None:
+                self._gpu[1].close()  # the GPU's lock: another process may claim it
             if completed:
                 prune(self.view, self.cells)
             if self._bar is not None:
                 self._bar.close()
             if self._lock_file:
                 self._lock_file.release()
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def claim_gpu(count: int, lock_dir: Path) -> tuple[int, object]:
+    """(index, lock) of the first of this machine's `count` GPUs that no other process holds: an exclusive flock per
+    GPU, kept until this process ends. When every GPU is held (more workers than GPUs), the one the process id picks."""
+    import fcntl
+    import socket
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        lock = open(lock_dir / f"{socket.gethostname()}-cuda{index}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        return index, lock
+    return os.getpid() % count, None
 
 
 def decode_inputs(case: PreparedCase, dilate: int = 0, feather: int = 0, clip: bool = False) -> tuple:
