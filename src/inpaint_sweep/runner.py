@@ -64,6 +64,7 @@ class SweepRunner:
         self._fingerprints: dict[str, tuple[str, str]] = {}
         self._cases: dict[str, list[PreparedCase]] = {}
         self._inputs: dict[tuple, tuple] = {}
+        self._planned: dict[tuple[str, ...], list] = {}  # a job's task overrides -> its cells, listed by plan()
         # Finishing computed cells: one thread per two CPU cores (at most 4), at most twice as many cells waiting, so
         # a fast GPU cannot pile up images in memory faster than they are written.
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -80,11 +81,13 @@ class SweepRunner:
 
     # -- the job ------------------------------------------------------------------------------------------------------
 
-    def run_job(self, cfg) -> None:
-        """Make every case's cell for this job's settings available in the view, computing only what the store lacks."""
+    def run_job(self, cfg, task_overrides: tuple[str, ...] = ()) -> None:
+        """Make every case's cell for this job's settings available in the view, computing only what the store lacks.
+        `task_overrides` (the job's hydra.overrides.task) finds the cells plan() already listed for it."""
         _, revision = self.fingerprint(cfg.model)
         settings = _settings(cfg)
-        for case, prompts, identity, cid in self.job_cells(cfg):
+        cells = self._planned.pop(tuple(task_overrides), None) if task_overrides else None
+        for case, prompts, identity, cid in cells or self.job_cells(cfg):
             self.cells.add(cid)
             record = self.store.get(cid)
             if record is not None:
@@ -104,13 +107,15 @@ class SweepRunner:
                 identity = cell_identity({**generation, **texts}, fingerprint, case, self.digests)
                 yield case, prompts, identity, cell_id(case.id, identity)
 
-    def plan(self, configs) -> tuple[int, int, int]:
-        """(cells, of them already in the store, model loads) of a grid's job configs, in launch order, loading
-        nothing: the cell ids come from each job's config and the model's fingerprint, as run_job computes them."""
+    def plan(self, jobs) -> tuple[int, int, int]:
+        """(cells, of them already in the store, model loads) of a grid's jobs ((task overrides, task config) in
+        launch order), loading nothing: the cell ids come from each job's config and the model's fingerprint, as
+        run_job computes them (and then takes from here)."""
         cells, stored, loads = 0, 0, []
-        for cfg in configs:
+        for task_overrides, cfg in jobs:
+            self._planned[tuple(task_overrides)] = listed = list(self.job_cells(cfg))
             missing = False
-            for *_, cid in self.job_cells(cfg):
+            for *_, cid in listed:
                 cells += 1
                 if (self.store.cell_dir(cid) / RECORD).is_file():
                     stored += 1

@@ -42,9 +42,10 @@ class GridConfigLoader(ConfigLoaderImpl):
     def __init__(self, config_search_path) -> None:
         super().__init__(config_search_path)
         self._composed: dict[tuple[str, ...], DictConfig] = {}
+        self._tasks: dict[tuple[str, ...], DictConfig] = {}  # the same without the hydra node (task_config)
 
-    def __getstate__(self) -> dict:  # launchers pickle the loader to their workers: without the cache
-        return {**self.__dict__, "_composed": {}}
+    def __getstate__(self) -> dict:  # launchers pickle the loader to their workers: without the caches
+        return {**self.__dict__, "_composed": {}, "_tasks": {}}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         groups_key, plain, app = self._split(master_config, sweep_overrides)
@@ -58,6 +59,19 @@ class GridConfigLoader(ConfigLoaderImpl):
             )
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
+
+    def task_config(self, master_config: DictConfig, overrides) -> tuple[tuple[str, ...], DictConfig]:
+        """(the job's task overrides, as hydra.overrides.task lists them; its task config, no hydra node), composed
+        as load_sweep_config composes it but copying only the task's part of the config."""
+        groups_key, plain, app = self._split(master_config, overrides)
+        if groups_key not in self._tasks:
+            task = copy.deepcopy(self._groups_config(master_config, groups_key))
+            with open_dict(task):
+                del task["hydra"]
+            self._tasks[groups_key] = task
+        cfg = copy.deepcopy(self._tasks[groups_key])
+        self._apply(plain, cfg)
+        return tuple(o.input_line for o in app), cfg
 
     def check_batch(self, master_config: DictConfig, batch) -> None:
         """Raise what composing any job of `batch` would raise, as the sweeper checks before launching. Without a
@@ -173,15 +187,12 @@ def sweep_jobs(config: DictConfig, config_loader=None) -> list[list[str]]:
 
 
 def job_configs(config: DictConfig, jobs: list[list[str]]):
-    """Each job's task config (no hydra node), composed as the grid launcher will compose it."""
+    """Each job's (task overrides, task config without the hydra node), composed as the grid launcher will."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GridConfigLoader(GlobalHydra.instance().config_loader().get_search_path())
     for job in jobs:
-        cfg = loader.load_sweep_config(config, job)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        yield cfg
+        yield loader.task_config(config, job)
 
 
 @one_line_errors
@@ -270,9 +281,9 @@ class SweepCallback(Callback):
         # 1. Every job's config, composed as the launcher will, validated before anything is written.
         jobs = sweep_jobs(config, GlobalHydra.instance().config_loader())
         configs = list(job_configs(config, jobs))
-        for cfg in configs:
+        for _, cfg in configs:
             check_config(cfg)
-        cells = _check_inputs(config, configs)
+        cells = _check_inputs(config, [cfg for _, cfg in configs])
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{JOB_REPORT}"):
             stale.unlink()
         # 2. The runner; then what the grid will cost: its cells, those already stored, and the model loads.
