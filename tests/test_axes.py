@@ -243,3 +243,25 @@ def test_each_worker_process_pins_its_own_gpu(tmp_path):
     run = SweepRunner(cfg, "test", lock=False)
     assert run.pinned(model_config("tiny", device="cpu")).device == "cpu"
     run.close(completed=False)
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_a_checkpoint_grid_from_params_yaml(tmp_path, checkpoints):
+    """The grid in params.yaml (what `dvc repro` runs) can hold a checkpoint axis: each loads once."""
+    from conftest import shrunk_clone, stage_env
+
+    repo = shrunk_clone(tmp_path / "repo", {"guidance": "5,9", "strength": "1.0", "steps": "2",
+                                            "negative_prompt": "\"''\""})
+    params = (repo / "params.yaml").read_text()
+    grid = "      negative_prompt: \"''\"\n"
+    assert params.count(grid) == 1
+    a, b = checkpoints
+    (repo / "params.yaml").write_text(params.replace(
+        grid, grid + f"      model: local\n      model.id: {a},{b}\n      model.size: 64\n"))
+    result = run(["dvc", "repro", "generate"], cwd=repo, env=stage_env(PYTHONPATH=str(repo / "src")), timeout=600)
+    out = result.stdout + result.stderr
+    assert "generate: 4 jobs, 4 cells, 0 already in the cell store; 2 model loads" in out
+    assert re.findall(r"loaded model (\S+)@", out) == [str(a), str(b)]
+    records = [json.loads(p.read_text()) for p in (repo / "results" / "generate" / "cells").glob("*/record.json")]
+    assert sorted((r["config"]["model.id"], r["guidance"]) for r in records) == [
+        (str(a), 5.0), (str(a), 9.0), (str(b), 5.0), (str(b), 9.0)]

@@ -289,8 +289,9 @@ class SweepCallback(Callback):
         # 2. The runner; then what the grid will cost: its cells, those already stored, and the model loads.
         run = _begin(config)
         cells, stored, loads = run.plan(configs)
+        where = "" if config.hydra.launcher._target_.endswith(("GridLauncher", "BasicLauncher")) else " per worker"
         print(f"generate: {len(jobs)} jobs, {cells} cells, {stored} already in the cell store; {loads} model "
-              f"load{'s' * (loads != 1)}", flush=True)
+              f"load{'s' * (loads != 1)}{' at most' if where else ''}{where}", flush=True)
         run.show_progress(cells)
 
     def on_job_end(self, config: DictConfig, **kwargs) -> None:
