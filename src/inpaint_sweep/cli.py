@@ -50,7 +50,7 @@ STAGE_KEYS = {  # what each stage reads (dvc.yaml's params of the stage; a test 
                 "mask.overlay_alpha", "paths.prepare"),
     "generate": ("steps", "guidance", "strength", "prompt", "prompt_sr", "negative_prompt", "seed", "mask.dilate",
                  "mask.feather", "mask.clip_to_box", "model", "tracking", "paths.prepare",
-                 "paths.generate", "paths.cell_store", "hydra.sweeper.params", "hydra.sweeper.zip"),
+                 "paths.generate", "paths.cell_store", "hydra.sweeper"),
     "report": ("report", "tracking", "paths.generate", "paths.report"),
 }
 

@@ -123,7 +123,7 @@ def grid_values(sweeper_params: dict, task_overrides: list[str]) -> dict[str, li
     return values
 
 
-def grid_jobs(overrides: list[Override], zipped=()) -> list[list[str]]:
+def grid_jobs(overrides: list[Override], zipped=(), by_model: bool = True) -> list[list[str]]:
     """The grid's jobs, each a list of `key=value` overrides: Hydra's basic sweeper's cross product of every key's
     values (command line over config grid), except that
     - the keys of each group in `zipped` (hydra.sweeper.zip, e.g. [[steps, strength]]) step together, value i with
@@ -170,6 +170,8 @@ def grid_jobs(overrides: list[Override], zipped=()) -> list[list[str]]:
     jobs = [[o for part in combo for o in part] for combo in itertools.product(*columns)]
 
     # 2. Jobs sharing a pipeline adjacent.
+    if not by_model:
+        return jobs
     runs: dict[tuple[str, ...], list[list[str]]] = {}
     for job in jobs:
         runs.setdefault(tuple(o for o in job if forces_reload(o.split("=", 1)[0])), []).append(job)
@@ -178,11 +180,14 @@ def grid_jobs(overrides: list[Override], zipped=()) -> list[list[str]]:
 
 def sweep_jobs(config: DictConfig, config_loader=None) -> list[list[str]]:
     """This multirun's jobs, exactly as the grid sweeper will launch them (hydra.sweeper.params, then the command
-    line, crossed and zipped by grid_jobs); `config_loader` lets glob() list a config group's options."""
+    line, crossed and zipped by grid_jobs); `config_loader` lets glob() list a config group's options. Under
+    another sweeper (hydra/sweeper=basic), its plain cross product."""
     sweeper = config.hydra.sweeper
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=config_loader)
     overrides = parser.parse_overrides(params + list(config.hydra.overrides.task))
+    if not str(sweeper.get("_target_", "")).endswith("GridSweeper"):
+        return grid_jobs(overrides, by_model=False)
     return grid_jobs(overrides, sweeper.get("zip") or ())
 
 
