@@ -133,10 +133,10 @@ def check_config(cfg: Any) -> None:
     if cfg.steps < 1:
         raise ConfigError(f"steps must be >= 1, got steps={cfg.steps}")
     if not 0 < cfg.strength <= 1:
-        raise ConfigError(f"strength must be in (0, 1], got strength={cfg.strength}")
+        raise ConfigError(f"strength must be in (0, 1], got strength={cfg.strength:g}")
     if int(cfg.steps * cfg.strength) < 1:
         raise ConfigError(
-            f"steps x strength must give at least one denoising step, got steps={cfg.steps} strength={cfg.strength}"
+            f"steps x strength must give at least one denoising step, got steps={cfg.steps} strength={cfg.strength:g}"
         )
     seed = cfg.seed
     seeds = list(seed) if OmegaConf.is_list(seed) or isinstance(seed, list) else [seed]
@@ -145,7 +145,7 @@ def check_config(cfg: Any) -> None:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seed list has duplicates, got seed={seed}")
     if cfg.guidance < 0:
-        raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance}")
+        raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance:g}")
     sr = list(cfg.prompt_sr)
     if sr and (not sr[0] or len(set(sr)) != len(sr)):
         raise ConfigError(f"prompt_sr is [text to find, replacement, ...]: a non-empty first value and no duplicates, "

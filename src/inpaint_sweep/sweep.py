@@ -288,7 +288,7 @@ class SweepCallback(Callback):
         configs = list(job_configs(config, jobs))
         for _, cfg in configs:
             check_config(cfg)
-        cells = _check_inputs(config, [cfg for _, cfg in configs])
+        _check_inputs(config, [cfg for _, cfg in configs])
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{JOB_REPORT}"):
             stale.unlink()
         # 2. The runner; then what the grid will cost: its cells, those already stored, and the model loads.
