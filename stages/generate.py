@@ -8,6 +8,7 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from inpaint_sweep import cli, runner, sweep
@@ -16,7 +17,7 @@ from inpaint_sweep import cli, runner, sweep
 @hydra.main(version_base="1.3", config_path="../conf", config_name="params")  # params.yaml: see config.py
 @cli.one_line_errors
 def main(cfg: DictConfig) -> None:
-    runner.current(cfg, sweep.sweep_id()).run_job(cfg)
+    runner.current(cfg, sweep.sweep_id()).run_job(cfg, tuple(HydraConfig.get().overrides.task))
 
 
 def summarize(run: runner.SweepRunner, interrupted: bool) -> int:

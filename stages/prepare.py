@@ -31,11 +31,9 @@ def main(overrides: list[str]) -> list[dict]:
         classes=list(m.classes),
         on_miss=m.on_miss,
         clip=m.clip_to_box,
-        dilate_px=m.dilate,
         holes=m.fill_holes,
         min_area=m.min_area,
-        feather=m.feather,
-    )
+    )  # mask.dilate and mask.feather are generate's: applied to this base mask per cell (README "Masks")
     for r in records:
         found = f" {r['class'] or 'object'} {r['confidence']:.2f}" if r["confidence"] is not None else ""
         why = "" if r["method"] == m.method else f" ({r['method_reason']})"

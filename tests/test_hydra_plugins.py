@@ -11,14 +11,17 @@ from hydra_plugins.inpaint_sweep_grid import GridLauncher, GridSweeper
 
 
 @pytest.fixture(autouse=True)
-def _as_in_a_fresh_process(hydra_restore_singletons):
-    """Hydra's suites expect a process where no app has run yet: other tests here composed configs with
-    version_base 1.3, which Hydra keeps in a singleton (it decides, e.g., whether jobs change directory)."""
+def _hydra_version_base_unset():
+    """Hydra's suites run their apps as a fresh process would, with no version base chosen yet; a test earlier in
+    the session that composed our config (version_base="1.3") leaves it set, and the suites' apps then no longer
+    chdir into their output folders."""
     from hydra.core.singleton import Singleton
     from hydra.version import VersionBase
 
-    Singleton._instances.pop(VersionBase, None)
+    before = VersionBase.instance()
+    Singleton._instances.pop(VersionBase)  # the next VersionBase.instance() is a fresh, unset one
     yield
+    VersionBase.set_instance(before)
 
 
 def test_discovery():

@@ -250,13 +250,14 @@ def test_every_config_field_is_in_the_identity_or_excluded_with_a_reason():
     with its reason. A new field therefore joins the identity unless someone says why it cannot change pixels."""
     from omegaconf import OmegaConf
 
-    from inpaint_sweep.config import Config, ModelConfig, load_config
+    from inpaint_sweep.config import Config, MaskConfig, ModelConfig, load_config
     from inpaint_sweep.identity import NOT_IDENTITY, generation_config
 
     base = load_config(["model.device=cpu"])
     assert all(isinstance(reason, str) and len(reason) > 20 for reason in NOT_IDENTITY.values())
     fields = [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)]
-    fields += [f.name for f in dataclasses.fields(Config) if f.name != "model"]
+    fields += [f.name for f in dataclasses.fields(Config) if f.name not in ("model", "mask")]
+    fields += [f"mask.{f.name}" for f in dataclasses.fields(MaskConfig)]  # prepare's and generate's keys
     for key in fields:
         excluded = any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
         value = OmegaConf.select(base, key)

@@ -387,8 +387,9 @@ def test_prepare_stage_many_cases_with_yolo_offline(tmp_path, capsys):
     assert len(records) == len(manifest) >= 3 and len({r["source_image"] for r in records}) == 2
     printed = capsys.readouterr().out
     for r in records:
-        for name in ("image.png", "mask.png", "soft_mask.png", "overlay.png", "record.json"):
+        for name in ("image.png", "mask.png", "overlay.png", "record.json"):
             assert (out / r["id"] / name).is_file()
+        assert not (out / r["id"] / "soft_mask.png").exists()  # mask.feather is generate's
         assert r["method"] == "yolo" and r["instances_found"] > 0 and r["class"] is not None
         assert f"{r['id']}: yolo {r['class']} {r['confidence']:.2f}, IoU with box {r['iou_with_box']:.2f}" in printed
     sheet = Image.open(out / "contact_sheet.png")

@@ -12,8 +12,9 @@ Any other launcher (joblib, submitit, slurm) works with the grid sweeper unchang
 import copy
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 
 
 class GridSweeper(BasicSweeper):
+    """Hydra's basic sweeper, with `zip` (groups of axes stepping together instead of crossed) and jobs that load
+    the same model run one after the other (inpaint_sweep.sweep.grid_jobs)."""
+
+    def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
+                 zip: Optional[List[List[str]]] = None) -> None:  # noqa: A002 - the key's name in the config
+        super().__init__(max_batch_size, params)
+        self.zip = [list(group) for group in zip or ()]
+
+    def split_arguments(self, overrides, max_batch_size):  # BasicSweeper.sweep calls it on the instance
+        from inpaint_sweep.sweep import grid_jobs
+
+        jobs = grid_jobs(overrides, self.zip)
+        return [jobs] if max_batch_size is None else list(self.split_overrides_to_chunks(jobs, max_batch_size))
+
     def setup(self, *, hydra_context: HydraContext, task_function, config) -> None:
         from inpaint_sweep.sweep import GridConfigLoader
 
@@ -125,6 +140,7 @@ class GridLauncherConf:
 @dataclass
 class GridSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.inpaint_sweep_grid.GridSweeper"
+    zip: List[Any] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="inpaint_sweep_grid", node=GridLauncherConf,

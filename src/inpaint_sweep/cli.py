@@ -45,9 +45,12 @@ def one_line_errors(func):
 
 HELP_FLAGS = ("--help", "-h")
 STAGE_KEYS = {  # what each stage reads (dvc.yaml's params of the stage; a test checks they agree)
-    "prepare": ("cases", "mask", "paths.prepare"),
-    "generate": ("steps", "guidance", "strength", "negative_prompt", "seed", "model", "tracking", "paths.prepare",
-                 "paths.generate", "paths.cell_store", "hydra.sweeper.params"),
+    "prepare": ("cases", "mask.method", "mask.weights", "mask.sam_weights", "mask.conf", "mask.max_det",
+                "mask.classes", "mask.on_miss", "mask.clip_to_box", "mask.fill_holes", "mask.min_area",
+                "mask.overlay_alpha", "paths.prepare"),
+    "generate": ("steps", "guidance", "strength", "prompt", "prompt_sr", "negative_prompt", "seed", "mask.dilate",
+                 "mask.feather", "mask.clip_to_box", "model", "tracking", "paths.prepare",
+                 "paths.generate", "paths.cell_store", "hydra.sweeper"),
     "report": ("report", "tracking", "paths.generate", "paths.report"),
 }
 

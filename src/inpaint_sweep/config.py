@@ -24,6 +24,11 @@ CONFIG_NAME = "params"
 SWEEP_AXES = ("steps", "guidance", "strength", "negative_prompt", "seed")
 MASK_METHODS = ("box", "ellipse", "yolo", "sam")  # geometric (no weights) | Ultralytics models (local weights)
 MASK_ON_MISS = ("error", "box")
+# model.* keys applied to the loaded pipeline at each call (the scheduler is swapped in, size and crop are per image):
+# changing one never reloads the checkpoint. Every other model.* key, and the preset itself (`model=<name>`), loads
+# another pipeline. SweepRunner.model() keys its one resident pipeline on the others (load_settings), and the grid
+# sweeper runs the jobs that share them one after the other (forces_reload): each model loads once per process.
+MODEL_PER_CALL = ("name", "scheduler", "size", "padding_mask_crop")
 
 
 class ConfigError(ValueError):
@@ -111,6 +116,8 @@ class Config:
     steps: int = MISSING
     guidance: float = MISSING
     strength: float = MISSING
+    prompt: Optional[str] = None  # null = each case's own prompt
+    prompt_sr: List[str] = field(default_factory=list)  # [find, a, b, ...]: one cell per value, replacing find
     negative_prompt: str = ""
     seed: Any = 0  # an int, or a list of ints for several images per cell (checked in check_config)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -128,10 +135,10 @@ def check_config(cfg: Any) -> None:
     if cfg.steps < 1:
         raise ConfigError(f"steps must be >= 1, got steps={cfg.steps}")
     if not 0 < cfg.strength <= 1:
-        raise ConfigError(f"strength must be in (0, 1], got strength={cfg.strength}")
+        raise ConfigError(f"strength must be in (0, 1], got strength={cfg.strength:g}")
     if int(cfg.steps * cfg.strength) < 1:
         raise ConfigError(
-            f"steps x strength must give at least one denoising step, got steps={cfg.steps} strength={cfg.strength}"
+            f"steps x strength must give at least one denoising step, got steps={cfg.steps} strength={cfg.strength:g}"
         )
     seed = cfg.seed
     seeds = list(seed) if OmegaConf.is_list(seed) or isinstance(seed, list) else [seed]
@@ -140,7 +147,11 @@ def check_config(cfg: Any) -> None:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seed list has duplicates, got seed={seed}")
     if cfg.guidance < 0:
-        raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance}")
+        raise ConfigError(f"guidance must be >= 0, got guidance={cfg.guidance:g}")
+    sr = list(cfg.prompt_sr)
+    if sr and (not sr[0] or len(set(sr)) != len(sr)):
+        raise ConfigError(f"prompt_sr is [text to find, replacement, ...]: a non-empty first value and no duplicates, "
+                          f"got prompt_sr={sr}")
     check_mask_config(cfg.mask)
     check_model_config(cfg.model)
     check_tracking_config(cfg.tracking)
@@ -218,6 +229,19 @@ def _mps_available() -> bool:
     import torch
 
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def load_settings(model: Any) -> tuple:
+    """The model settings that decide which pipeline is loaded (everything but MODEL_PER_CALL), as a hashable key."""
+    plain = OmegaConf.to_container(model) if OmegaConf.is_config(model) else dict(model)
+    return tuple(sorted((k, v) for k, v in plain.items() if k not in MODEL_PER_CALL))
+
+
+def forces_reload(key: str) -> bool:
+    """Whether an override of `key` (as written on the command line: model, model.id, +model.x) can change which
+    pipeline is loaded."""
+    key = key.lstrip("+~")
+    return key == "model" or (key.startswith("model.") and key[len("model."):] not in MODEL_PER_CALL)
 
 
 def model_config(source: str, **settings) -> DictConfig:

@@ -33,7 +33,12 @@ ENGINE_VERSION = 2
 # Config keys that cannot change a cell's pixels, each with the reason. Everything else is in the identity.
 NOT_IDENTITY = {
     "cases": "the manifest's path: each case's photo, mask and prompt are hashed instead",
-    "mask": "prepare's settings: their result, the case's mask files, is hashed instead",
+    # mask.dilate, mask.feather and mask.clip_to_box are generate's (applied to prepare's base mask): hashed.
+    **{f"mask.{k}": "prepare's setting: its result, the case's base mask file, is hashed instead"
+       for k in ("method", "weights", "sam_weights", "conf", "max_det", "classes", "on_miss", "fill_holes",
+                 "min_area")},
+    "mask.overlay_alpha": "prepare's overlay picture, drawn for people, never inpainted",
+    "prompt_sr": "search/replace of the prompts: the prompt and negative prompt each cell uses are hashed instead",
     "tracking": "where the cell is logged, not what it is",
     "report": "the report stage's settings",
     "paths": "where files are written",

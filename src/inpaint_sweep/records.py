@@ -31,11 +31,13 @@ class PreparedCase:
     prompt: str
     method: str
     image_size: tuple[int, int]
+    box: tuple[int, int, int, int] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreparedCase":
         return cls(id=d["id"], image=d["image"], mask=d["mask"], soft_mask=d.get("soft_mask"), prompt=d["prompt"],
-                   method=d["method"], image_size=tuple(d["image_size"]))
+                   method=d["method"], image_size=tuple(d["image_size"]),
+                   box=tuple(d["box"]) if d.get("box") else None)
 
 
 def load_prepared(prepare_dir: str | Path) -> list[PreparedCase]:

@@ -22,30 +22,29 @@ import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
 from . import tracking
-from .config import SWEEP_AXES
+from .config import SWEEP_AXES, ConfigError, load_settings
 from .identity import Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint
-from .images import load_photo, save_image, write_json
+from .images import load_photo, save_image, to_mask_image, write_json
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .provenance import code_version
-from .records import COMET_ARCHIVE, PreparedCase, file_entry, load_prepared, write_record
+from .records import COMET_ARCHIVE, RECORD, PreparedCase, file_entry, load_prepared, write_record
 from .workspace import shared_path
 from .store import CellStore, ViewLock, prune, show, view_paths, write_failed
 
 log = logging.getLogger(__name__)
-# model.* keys that a loaded pipeline serves as it is (set per call or per job): changing them never reloads.
-NOT_LOAD_SETTINGS = ("name", "scheduler", "size", "padding_mask_crop", "cpu_threads")
 JOB_REPORT = "job_cells.json"  # a worker process's cells and counts, in its Hydra job folder, for the launcher
 STATUSES = ("done", "skipped", "failed")
 
 
 class SweepRunner:
-    def __init__(self, cfg, sweep_id: str, total_cells: int | None = None, lock: bool = True) -> None:
+    def __init__(self, cfg, sweep_id: str, lock: bool = True) -> None:
         self.view = Path(cfg.paths.generate)
         self._lock_file = ViewLock(self.view) if lock else None
         if self._lock_file:
@@ -61,41 +60,74 @@ class SweepRunner:
         self.logger = tracking.CometLogger() if cfg.tracking.comet else None
         self.online = None  # whether Comet logs go online: asked once, at the first cell that logs
         self._lock = threading.Lock()
-        self._loaded: tuple[str, object] | None = None  # (load settings, LoadedModel): one pipeline resident
+        self._gpu: tuple[int, object] | None = None  # (index, its held lock file): this process's GPU, if pinned
+        self._loaded: tuple[tuple, object] | None = None  # (load settings, LoadedModel): one pipeline resident
         self._fingerprints: dict[str, tuple[str, str]] = {}
         self._cases: dict[str, list[PreparedCase]] = {}
         self._inputs: dict[tuple, tuple] = {}
         self._warned: set[tuple] = set()
         self._inputs_logged: dict[str, str] = {}  # case id -> the experiment that holds its photo and mask
+        self._planned: dict[tuple[str, ...], list] = {}  # a job's task overrides -> its cells, listed by plan()
         # Finishing computed cells: one thread per two CPU cores (at most 4), at most twice as many cells waiting, so
         # a fast GPU cannot pile up images in memory faster than they are written.
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="finish-cell")
         self._waiting = threading.BoundedSemaphore(2 * workers)
         self._futures: list[Future] = []
-        self._bar = None
-        if total_cells is not None:
-            from tqdm.auto import tqdm
+        self._bar = None  # a multirun's overall progress bar: show_progress
 
-            self._bar = tqdm(total=total_cells, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
+    def show_progress(self, total_cells: int) -> None:
+        """Start the overall progress bar (cells done, skipped, failed; ETA)."""
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total_cells, desc="sweep", unit="cell", dynamic_ncols=True, leave=True)
 
     # -- the job ------------------------------------------------------------------------------------------------------
 
-    def run_job(self, cfg) -> None:
-        """Make every case's cell for this job's settings available in the view, computing only what the store lacks."""
-        generation = generation_config(cfg)
-        fingerprint, revision = self.fingerprint(cfg.model)
+    def run_job(self, cfg, task_overrides: tuple[str, ...] = ()) -> None:
+        """Make every case's cell for this job's settings available in the view, computing only what the store lacks.
+        `task_overrides` (the job's hydra.overrides.task) finds the cells plan() already listed for it."""
+        _, revision = self.fingerprint(cfg.model)
         settings = _settings(cfg)
-        for case in self.prepared(cfg.paths.prepare):
-            identity = cell_identity(generation, fingerprint, case, self.digests)
-            cid = cell_id(case.id, identity)
+        cells = self._planned.pop(tuple(task_overrides), None) if task_overrides else None
+        for case, prompts, identity, cid in cells or self.job_cells(cfg):
             self.cells.add(cid)
             record = self.store.get(cid)
             if record is not None:
                 self._reuse(record, cfg)
                 continue
-            record = _new_record(cid, case, cfg, settings, identity, revision, self.sweep_id)
+            record = _new_record(cid, case, cfg, settings, identity, revision, self.sweep_id, prompts)
             self._compute(record, case, cfg)
+
+    def job_cells(self, cfg):
+        """Each cell of a job, in order: (case, its Prompts, identity, cell id). The identity holds the prompt and
+        negative prompt the cell actually uses (after `prompt` and `prompt_sr`), so equal texts share a cell."""
+        generation = generation_config(cfg)
+        fingerprint, _ = self.fingerprint(cfg.model)
+        for case in self.prepared(cfg.paths.prepare):
+            for prompts in prompt_variants(case.id, case.prompt, cfg.prompt, cfg.negative_prompt, cfg.prompt_sr):
+                texts = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
+                identity = cell_identity({**generation, **texts}, fingerprint, case, self.digests)
+                yield case, prompts, identity, cell_id(case.id, identity)
+
+    def plan(self, jobs) -> tuple[int, int, int]:
+        """(cells, of them already in the store, model loads) of a grid's jobs ((task overrides, task config) in
+        launch order), loading nothing: the cell ids come from each job's config and the model's fingerprint, as
+        run_job computes them (and then takes from here)."""
+        cells, stored, loads = 0, 0, []
+        for task_overrides, cfg in jobs:
+            self._planned[tuple(task_overrides)] = listed = list(self.job_cells(cfg))
+            missing = False
+            for *_, cid in listed:
+                cells += 1
+                if (self.store.cell_dir(cid) / RECORD).is_file():
+                    stored += 1
+                else:
+                    missing = True
+            key = load_settings(cfg.model)
+            if missing and (not loads or loads[-1] != key):
+                loads.append(key)
+        return cells, stored, len(loads)
 
     def prepared(self, prepare_dir: str) -> list[PreparedCase]:
         if prepare_dir not in self._cases:
@@ -112,15 +144,34 @@ class SweepRunner:
         """The loaded pipeline for `model_cfg`, with its scheduler set; loading it releases the previous one."""
         from .model import load_model, set_scheduler, use_cpu_threads
 
-        settings = {k: v for k, v in OmegaConf.to_container(model_cfg).items() if k not in NOT_LOAD_SETTINGS}
-        key = repr(sorted(settings.items()))
+        key = load_settings(model_cfg)
         if self._loaded is None or self._loaded[0] != key:
             self.release_model()
-            self._loaded = (key, load_model(model_cfg))
+            loaded = load_model(self.pinned(model_cfg))
+            use_cpu_threads(loaded.device, model_cfg.cpu_threads)
+            self._loaded = (key, loaded)
         loaded = self._loaded[1]
         use_cpu_threads(loaded.device, model_cfg.cpu_threads)
         set_scheduler(loaded, model_cfg.scheduler)
         return loaded
+
+    def pinned(self, model_cfg):
+        """`model_cfg` on this process's own GPU when it asks for `cuda` (or `auto`, finding CUDA) on a machine with
+        several: the first GPU no other process holds (claim_gpu), so the N workers of a parallel launcher use N
+        GPUs. The cell identity keeps `cuda`: a cell is the same whichever GPU made it (the record's `device` says)."""
+        from .model import resolve_device
+
+        if resolve_device(model_cfg.device) != "cuda" or cuda_device_count() < 2:
+            return model_cfg
+        if self._gpu is None:
+            import torch
+
+            self._gpu = claim_gpu(cuda_device_count(), self.store.root / ".gpus")
+            torch.cuda.set_device(self._gpu[0])  # CUDA's current device too: no stray context on GPU 0
+            log.info("this process uses GPU cuda:%d", self._gpu[0])
+        pinned = model_cfg.copy()
+        pinned.device = f"cuda:{self._gpu[0]}"
+        return pinned
 
     def release_model(self) -> None:
         if self._loaded is None:
@@ -149,11 +200,11 @@ class SweepRunner:
             model = self.model(cfg.model)
             record["scheduler_class"] = type(model.pipe.scheduler).__name__
             record["device"], record["dtype"] = model.device, model.dtype
-            image, mask, soft = self._case_inputs(case)
-            self._check_prompts(record, model.pipe, case.prompt, cfg.negative_prompt)
+            image, mask, soft = self._case_inputs(case, cfg.mask)
+            self._check_prompts(record, model.pipe, record["prompt"], record["negative_prompt"])
             raws, metrics, box, nsfw = denoise(
-                model.pipe, image, mask, case.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance, cfg.strength,
-                seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
+                model.pipe, image, mask, record["prompt"], record["negative_prompt"], cfg.steps, cfg.guidance,
+                cfg.strength, seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
             )
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
             if isinstance(e, KeyboardInterrupt):
@@ -172,6 +223,13 @@ class SweepRunner:
         staging = self.store.staging(cid)
         try:
             stored = self.store.cell_dir(cid)
+            # The masks this cell inpainted and blended with (prepare's base mask under the job's mask settings).
+            for name, pixels in (("mask.png", to_mask_image(mask)), ("soft_mask.png", soft)):
+                if pixels is not None:
+                    save_image(pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, mode="L"),
+                               staging / name)
+                    record["files"][name] = file_entry(staging / name)
+                    record[name.removesuffix(".png")] = str(stored / name)
             for seed, raw, cell_metrics, flagged in zip(seeds, raws, metrics, nsfw):
                 name = f"seed-{seed}.png"
                 save_image(to_photo(image, raw, mask, box, soft), staging / name, compress_level=1)  # level 1: fast
@@ -214,13 +272,15 @@ class SweepRunner:
                 log.warning("case %s: the %s is longer than the model reads; its last %d token(s) are dropped: %r",
                             record["case"], key.replace("_", " "), dropped, text)
 
-    def _case_inputs(self, case: PreparedCase):
-        """A case's photo, mask and soft mask, decoded once per process (read only: shared by threads)."""
-        key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), case.soft_mask)
+    def _case_inputs(self, case: PreparedCase, mask_cfg):
+        """A case's photo, and its mask and soft mask under this job's mask settings, decoded once per process
+        (read only: shared by threads)."""
+        settings = (mask_cfg.dilate, mask_cfg.feather, mask_cfg.clip_to_box)
+        key = (case.image, self.digests.of(case.image), case.mask, self.digests.of(case.mask), settings)
         if key not in self._inputs:
             if len(self._inputs) >= 8:  # a few cases' worth: each job runs every case
                 self._inputs.pop(next(iter(self._inputs)))
-            self._inputs[key] = decode_inputs(case)
+            self._inputs[key] = decode_inputs(case, *settings)
         return self._inputs[key]
 
     # -- Comet ---------------------------------------------------------------------------------------------------
@@ -351,6 +411,8 @@ class SweepRunner:
             if self.logger:
                 self.logger.close()
             self.release_model()
+            if self._gpu is not None and self._gpu[1] is not None:
+                self._gpu[1].close()  # the GPU's lock: another process may claim it
             if completed:
                 prune(self.view, self.cells)
             if self._bar is not None:
@@ -359,12 +421,61 @@ class SweepRunner:
                 self._lock_file.release()
 
 
-def decode_inputs(case: PreparedCase) -> tuple:
-    """The photo generate works on (the upright 8-bit copy prepare wrote), its mask and its soft mask."""
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def claim_gpu(count: int, lock_dir: Path) -> tuple[int, object]:
+    """(index, lock) of the first of this machine's `count` GPUs that no other process holds: an exclusive flock per
+    GPU, kept until this process ends. When every GPU is held (more workers than GPUs), the one the process id picks."""
+    import fcntl
+    import socket
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        lock = open(lock_dir / f"{socket.gethostname()}-cuda{index}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        return index, lock
+    return os.getpid() % count, None
+
+
+def decode_inputs(case: PreparedCase, dilate: int = 0, feather: int = 0, clip: bool = False) -> tuple:
+    """The photo generate works on (the upright 8-bit copy prepare wrote), and the mask it inpaints: prepare's base
+    mask grown by `dilate` pixels (then cut to the case's box if `clip`), with its soft mask for compositing
+    (`feather` > 0; else None)."""
+    from .masks import clip_to_box, dilate as grow, feather_mask
+
     image = load_photo(case.image, warn=False)
-    mask = np.asarray(Image.open(case.mask)) > 127
-    soft = np.asarray(Image.open(case.soft_mask).convert("L")) if case.soft_mask else None
+    mask = grow(np.asarray(Image.open(case.mask)) > 127, dilate)
+    if clip and case.box:
+        mask = clip_to_box(mask, tuple(case.box))
+    soft = feather_mask(mask, feather) if feather > 0 else None
     return image, mask, soft
+
+
+class Prompts(NamedTuple):
+    prompt: str
+    negative_prompt: str
+    replacement: str | None  # the prompt_sr value the cell uses; None without search/replace
+
+
+def prompt_variants(case_id: str, case_prompt: str, prompt: str | None, negative_prompt: str,
+                    prompt_sr) -> list[Prompts]:
+    """The prompts of one case's cells in a job: the job's `prompt` (null: the case's own) and negative prompt; with
+    `prompt_sr` [find, a, b, ...] (A1111's Prompt S/R), one cell per value, each replacing `find` in both."""
+    text = case_prompt if prompt is None else prompt
+    if not prompt_sr:
+        return [Prompts(text, negative_prompt, None)]
+    find = prompt_sr[0]
+    if find not in text:
+        raise ConfigError(f"case {case_id}: prompt_sr looks for {find!r}, which its prompt {text!r} does not contain")
+    return [Prompts(text.replace(find, v), negative_prompt.replace(find, v), v) for v in prompt_sr]
 
 
 def _settings(cfg) -> dict:
@@ -372,18 +483,20 @@ def _settings(cfg) -> dict:
 
 
 def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dict, revision: str,
-                sweep_id: str) -> dict:
+                sweep_id: str, prompts: Prompts) -> dict:
     m = cfg.model
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("hydra", "paths", "tracking", "report"):
         plain.pop(key, None)
+    plain["prompt_sr"] = prompts.replacement  # this cell's value of the search/replace axis
     return {
         "cell_id": cid,
         "status": "ok",
         "error": None,
         "case": case.id,
-        "prompt": case.prompt,
         **settings,
+        "prompt": prompts.prompt,  # the prompt the cell used
+        "negative_prompt": prompts.negative_prompt,
         "model": m.name,
         "model_id": m.id or "builtin/tiny-sd-inpaint",
         "model_revision": revision,
@@ -397,8 +510,8 @@ def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dic
         "code_version": code_version(),
         "sweep_id": sweep_id,
         "input": case.image,
-        "mask": case.mask,
-        "soft_mask": case.soft_mask,
+        "mask": case.mask,  # then the cell's own mask.png (and soft_mask.png): the mask settings applied to it
+        "soft_mask": None,
         "images": [],
         "files": {},
         "comet": None,
@@ -448,8 +561,8 @@ def comet_metrics(record: dict) -> dict:
 _CURRENT: list[SweepRunner] = []
 
 
-def start(cfg, sweep_id: str, total_cells: int | None) -> SweepRunner:
-    runner = SweepRunner(cfg, sweep_id, total_cells)
+def start(cfg, sweep_id: str) -> SweepRunner:
+    runner = SweepRunner(cfg, sweep_id)
     _CURRENT[:] = [runner]
     return runner
 

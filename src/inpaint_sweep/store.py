@@ -32,7 +32,8 @@ def view_paths(record: dict, cell_dir: Path, archive: Path | None = None) -> dic
     comet = record.get("comet")
     if COMET_ARCHIVE in record.get("files", {}):
         comet = str(archive or cell_dir / COMET_ARCHIVE)
-    return {**record, "images": images, "comet": comet}
+    masks = {k: str(cell_dir / f"{k}.png") for k in ("mask", "soft_mask") if f"{k}.png" in record.get("files", {})}
+    return {**record, "images": images, "comet": comet, **masks}
 
 
 def view_archive(view_dir: Path, cell_id: str) -> Path:

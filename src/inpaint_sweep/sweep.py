@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import os
 import sys
 import time
@@ -43,9 +42,10 @@ class GridConfigLoader(ConfigLoaderImpl):
     def __init__(self, config_search_path) -> None:
         super().__init__(config_search_path)
         self._composed: dict[tuple[str, ...], DictConfig] = {}
+        self._tasks: dict[tuple[str, ...], DictConfig] = {}  # the same without the hydra node (task_config)
 
-    def __getstate__(self) -> dict:  # launchers pickle the loader to their workers: without the cache
-        return {**self.__dict__, "_composed": {}}
+    def __getstate__(self) -> dict:  # launchers pickle the loader to their workers: without the caches
+        return {**self.__dict__, "_composed": {}, "_tasks": {}}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         groups_key, plain, app = self._split(master_config, sweep_overrides)
@@ -59,6 +59,19 @@ class GridConfigLoader(ConfigLoaderImpl):
             )
         OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
         return cfg
+
+    def task_config(self, master_config: DictConfig, overrides) -> tuple[tuple[str, ...], DictConfig]:
+        """(the job's task overrides, as hydra.overrides.task lists them; its task config, no hydra node), composed
+        as load_sweep_config composes it but copying only the task's part of the config."""
+        groups_key, plain, app = self._split(master_config, overrides)
+        if groups_key not in self._tasks:
+            task = copy.deepcopy(self._groups_config(master_config, groups_key))
+            with open_dict(task):
+                del task["hydra"]
+            self._tasks[groups_key] = task
+        cfg = copy.deepcopy(self._tasks[groups_key])
+        self._apply(plain, cfg)
+        return tuple(o.input_line for o in app), cfg
 
     def check_batch(self, master_config: DictConfig, batch) -> None:
         """Raise what composing any job of `batch` would raise, as the sweeper checks before launching. Without a
@@ -110,24 +123,90 @@ def grid_values(sweeper_params: dict, task_overrides: list[str]) -> dict[str, li
     return values
 
 
-def check_grid(config: DictConfig, values: dict[str, list]) -> None:
-    """Validate every combination of the swept plain values before the first job, so a bad value in the last
-    column of a grid fails in the first second instead of after hours of computing."""
-    base = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    plain = {k: v for k, v in values.items() if not k.startswith("hydra.") and k != "model"
-             and not isinstance(OmegaConf.select(base, k), DictConfig)}
-    for combo in itertools.product(*plain.values()):
-        cfg = base.copy()
-        for key, value in zip(plain, combo):
-            OmegaConf.update(cfg, key, value, merge=False)
-        check_config(cfg)
+def grid_jobs(overrides: list[Override], zipped=(), by_model: bool = True) -> list[list[str]]:
+    """The grid's jobs, each a list of `key=value` overrides: Hydra's basic sweeper's cross product of every key's
+    values (command line over config grid), except that
+    - the keys of each group in `zipped` (hydra.sweeper.zip, e.g. [[steps, strength]]) step together, value i with
+      value i, as one axis placed where the group's first key is;
+    - jobs that load the same pipeline (config.forces_reload: the model preset, model.id, model.dtype, ...) run one
+      after the other, in the order their first job has in the product: the costliest axis outermost, so each
+      model loads once per process. Jobs that load the same pipeline keep their order.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    from .config import ConfigError, forces_reload
+
+    axes: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise HydraException(
+                    f"{BasicSweeper.__name__} does not support sweep type : {override.value_type.name}")
+            axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+
+    # 1. Columns of the product: a plain axis, or a zipped group as one axis of tuples.
+    groups = [[str(k) for k in group] for group in zipped or ()]
+    for group in groups:
+        missing = [k for k in group if k not in axes]
+        if missing:
+            raise ConfigError(f"hydra.sweeper.zip names {', '.join(missing)}, which the grid does not set; zip only "
+                              f"axes of hydra.sweeper.params or the command line")
+        lengths = [len(axes[k]) for k in group]
+        if len(set(lengths)) > 1:
+            shown = ", ".join(f"{k} ({n} value{'s' * (n != 1)})" for k, n in zip(group, lengths))
+            raise ConfigError(f"hydra.sweeper.zip pairs {shown}: zipped axes need the same number of values")
+    zipped_keys = {k: group for group in groups for k in group}
+    columns: list[list[tuple[str, ...]]] = []
+    for key, values in axes.items():
+        group = zipped_keys.get(key)
+        if group is None:
+            columns.append([(v,) for v in values])
+        elif key == group[0] or group[0] not in axes:
+            columns.append(list(zip(*(axes[k] for k in group))))
+    jobs = [[o for part in combo for o in part] for combo in itertools.product(*columns)]
+
+    # 2. Jobs sharing a pipeline adjacent.
+    if not by_model:
+        return jobs
+    runs: dict[tuple[str, ...], list[list[str]]] = {}
+    for job in jobs:
+        runs.setdefault(tuple(o for o in job if forces_reload(o.split("=", 1)[0])), []).append(job)
+    return [job for run in runs.values() for job in run]
+
+
+def sweep_jobs(config: DictConfig, config_loader=None) -> list[list[str]]:
+    """This multirun's jobs, exactly as the grid sweeper will launch them (hydra.sweeper.params, then the command
+    line, crossed and zipped by grid_jobs); `config_loader` lets glob() list a config group's options. Under
+    another sweeper (hydra/sweeper=basic), its plain cross product."""
+    sweeper = config.hydra.sweeper
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=config_loader)
+    overrides = parser.parse_overrides(params + list(config.hydra.overrides.task))
+    if not str(sweeper.get("_target_", "")).endswith("GridSweeper"):
+        return grid_jobs(overrides, by_model=False)
+    return grid_jobs(overrides, sweeper.get("zip") or ())
+
+
+def job_configs(config: DictConfig, jobs: list[list[str]]):
+    """Each job's (task overrides, task config without the hydra node), composed as the grid launcher will."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GridConfigLoader(GlobalHydra.instance().config_loader().get_search_path())
+    for job in jobs:
+        yield loader.task_config(config, job)
 
 
 @one_line_errors
 def precheck_command_line(argv: list[str]) -> None:
     """Type-check the command line's plain overrides (steps=abc, a typo'd key) before Hydra starts, so they fail with
     the same one-line error and exit code 2 as every other bad value; Hydra's own report spans several lines.
-    Group selections and hydra.* overrides are left to Hydra."""
+    A swept preset (model=a,b) is checked with each of its choices; glob() choices and hydra.* are left to Hydra."""
+    from hydra.errors import OverrideParseException
+
     from .config import ConfigError, load_config
 
     for arg in argv:  # `+key=value` adds a key the schema does not know: nothing would read it
@@ -135,12 +214,38 @@ def precheck_command_line(argv: list[str]) -> None:
             key = arg.lstrip("+").split("=", 1)[0]
             raise ConfigError(f"unknown key {key!r} in {arg!r}: the typed config has no such key (nothing would read "
                               "it); see `python stages/generate.py --help` for the keys")
+
+    # 1. Texts with spaces, commas or brackets need Hydra's quotes; say which quotes, in one line.
+    for i, arg in enumerate(argv):
+        if i and "=" not in arg and not arg.startswith("-") and "=" in argv[i - 1] and not argv[i - 1].startswith("-"):
+            words = list(itertools.takewhile(lambda a: "=" not in a and not a.startswith("-"), argv[i:]))
+            raise ConfigError(f"{arg!r} is not key=value: the shell split {' '.join([argv[i - 1], *words])!r} at its "
+                              f"spaces; {_quoting(argv[i - 1] + ' ' + ' '.join(words))}")
+    for arg in argv:
+        if "=" in arg and not arg.startswith("-"):
+            try:
+                OverridesParser.create().parse_overrides([arg])
+            except OverrideParseException as e:
+                raise ConfigError(f"cannot read {arg!r} ({str(e).splitlines()[0]}); {_quoting(arg)}") from None
+
+    # 2. Types and keys.
     overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
     groups = [a for a in overrides if a.split("=", 1)[0] == "model"]
-    base = load_config(groups)
-    for key, found in grid_values({}, [a for a in overrides if a not in groups]).items():
-        for value in found:
-            OmegaConf.update(base.copy(), key, value, merge=False)
+    plain = grid_values({}, [a for a in overrides if a not in groups])
+    if any("glob(" in g for g in groups):
+        return  # glob() needs the preset folder's listing: Hydra checks it
+    choices = [[f"model={c}" for c in found] for found in grid_values({}, groups[-1:]).values()]
+    for group_overrides in itertools.product(*choices):
+        base = load_config(list(group_overrides))
+        for key, found in plain.items():
+            for value in found:
+                OmegaConf.update(base.copy(), key, value, merge=False)
+
+
+def _quoting(override: str) -> str:
+    key, value = override.split("=", 1)
+    return (f"a text holding spaces, commas or brackets goes in single quotes inside double quotes: "
+            f"{key}=\"'{value.strip()}'\" (several: {key}=\"'one, two','three'\")")
 
 
 def check_launcher(launcher: DictConfig) -> None:
@@ -159,41 +264,57 @@ def sweep_id() -> str:
     return os.environ.setdefault("INPAINT_SWEEP_ID", time.strftime("%Y%m%d-%H%M%S"))
 
 
-def _begin(config: DictConfig, total_cells: int | None) -> None:
+def _begin(config: DictConfig):
     """After validation: lock the view, make the runner, adopt the view's cells the store lacks, start Comet."""
     from . import runner
 
-    run = runner.start(config, sweep_id(), total_cells)
+    run = runner.start(config, sweep_id())
     run.store.adopt(config.paths.generate)
     if run.logger:
         run.logger.start()  # imports comet_ml while this process imports torch
+    return run
 
 
-def _check_inputs(config: DictConfig) -> int:
-    """The prepared cases exist; returns how many."""
+def _check_inputs(config: DictConfig, jobs: list[DictConfig]) -> int:
+    """The prepared cases exist, and every job's prompts apply to each (prompt_sr finds its text); returns the
+    number of cells of the run."""
     from .records import load_prepared
+    from .runner import prompt_variants
 
-    return len(load_prepared(config.paths.prepare))
+    cases = load_prepared(config.paths.prepare)
+    return sum(len(prompt_variants(case.id, case.prompt, cfg.prompt, cfg.negative_prompt, cfg.prompt_sr))
+               for cfg in jobs for case in cases)
 
 
 class SweepCallback(Callback):
     @one_line_errors  # hydra swallows callback exceptions; a bad value must stop the run with one line
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         check_config(config)
-        _check_inputs(config)
-        _begin(config, None)  # a single run: one cell per case, no bar
+        _check_inputs(config, [config])
+        _begin(config)  # a single run: no bar
 
     @one_line_errors
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
         from .runner import JOB_REPORT
 
-        values = grid_values(config.hydra.sweeper.params or {}, config.hydra.overrides.task)
-        check_grid(config, values)
         check_launcher(config.hydra.launcher)
-        cases = _check_inputs(config)
+        # 1. Every job's config, composed as the launcher will, validated before anything is written.
+        jobs = sweep_jobs(config, GlobalHydra.instance().config_loader())
+        configs = list(job_configs(config, jobs))
+        for _, cfg in configs:
+            check_config(cfg)
+        _check_inputs(config, [cfg for _, cfg in configs])
         for stale in Path(config.hydra.sweep.dir).glob(f"**/{JOB_REPORT}"):
             stale.unlink()
-        _begin(config, math.prod(len(v) for v in values.values()) * cases)
+        # 2. The runner; then what the grid will cost: its cells, those already stored, and the model loads.
+        run = _begin(config)
+        cells, stored, loads = run.plan(configs)
+        where = "" if config.hydra.launcher._target_.endswith(("GridLauncher", "BasicLauncher")) else " per worker"
+        print(f"generate: {len(jobs)} jobs, {cells} cells, {stored} already in the cell store; {loads} model "
+              f"load{'s' * (loads != 1)}{' at most' if where else ''}{where}", flush=True)
+        run.show_progress(cells)
 
     def on_job_end(self, config: DictConfig, **kwargs) -> None:
         from . import runner
