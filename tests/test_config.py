@@ -53,9 +53,9 @@ def test_wrong_type_is_an_error():
     "override, words",
     [
         ("steps=0", "steps must be >= 1, got steps=0"),
-        ("strength=0", "strength must be in (0, 1], got strength=0.0"),
+        ("strength=0", "strength must be in (0, 1], got strength=0"),
         ("strength=1.5", "strength must be in (0, 1], got strength=1.5"),
-        ("guidance=-1", "guidance must be >= 0, got guidance=-1.0"),
+        ("guidance=-1", "guidance must be >= 0, got guidance=-1"),
         ("mask.method=lasso", "unknown mask.method='lasso'"),
         ("model.size=300", "model.size must be a multiple of 8"),
     ],

@@ -57,12 +57,27 @@ def _cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def table(exp_show: list[dict]) -> str:
-    """The rows, with the metric and param columns whose values differ between rows (metrics first)."""
+def table(exp_show: list[dict], width: int = 160) -> str:
+    """The rows, with the param and metric columns whose values differ between rows (metrics first), in at most
+    `width` columns: the grid's params always; metrics from the right are left out (and named) until it fits."""
     body = rows(exp_show)
     keys = list(dict.fromkeys(k for row in body for k in row if isinstance(k, tuple)))
     keys.sort(key=lambda k: k[0] != "metric")  # stable: metrics, then params, each in file order
     changed = [k for k in keys if len({_cell(row[k]) for row in body if row.get(k) is not None}) > 1]
+    left_out = []
+    while True:
+        text = _render(body, changed)
+        metrics = [k for k in changed if k[0] == "metric"]
+        if max(map(len, text.splitlines())) <= width or not metrics:
+            break
+        changed.remove(metrics[-1])
+        left_out.insert(0, metrics[-1][1])
+    if left_out:
+        text += f"\n(left out to fit {width} columns: {', '.join(left_out)}; `dvc exp show --json` has them)"
+    return text
+
+
+def _render(body: list[dict], changed: list[tuple]) -> str:
     short = [k[1].rsplit(".", 1)[-1] for k in changed]
     headers = ["Experiment", "State"] + [s if short.count(s) == 1 else k[1] for s, k in zip(short, changed)]
     cells = [[row["Experiment"], row["State"]] + [_cell(row.get(k)) for k in changed] for row in body]
@@ -78,7 +93,9 @@ def main(argv: list[str]) -> int:
     if shown.returncode:
         sys.stderr.write(shown.stderr)
         return shown.returncode
-    print(table(json.loads(shown.stdout)))
+    import shutil
+
+    print(table(json.loads(shown.stdout), width=shutil.get_terminal_size((160, 24)).columns))
     return 0
 
 

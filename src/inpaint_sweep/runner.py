@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -295,7 +294,7 @@ class SweepRunner:
         if comet:  # logged offline before, online now: comet_ml's own uploader sends the stored archive, once
             return {"upload": str(self.store.cell_dir(record["cell_id"]) / COMET_ARCHIVE)}
         stored = self.store.cell_dir(record["cell_id"])
-        workdir = Path(tempfile.mkdtemp(prefix=f".comet-{record['cell_id']}-", dir=self.store.root))
+        workdir = self.store.private_dir("comet", record["cell_id"])
         t = cfg.tracking
         images = {f"output_seed-{e['seed']}": preview(stored / Path(e["path"]).name, workdir, t.image_format,
                                                       t.image_max_pixels) for e in record["images"]}

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -65,14 +66,29 @@ class CellStore:
     def remove(self, cell_id: str) -> None:
         folder = self.cell_dir(cell_id)
         if folder.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".trash-{cell_id}-", dir=self.root))
+            trash = self.private_dir("trash", cell_id)
             os.replace(folder, trash / "cell")  # atomic: readers see the cell or nothing
             shutil.rmtree(trash, ignore_errors=True)
 
     def staging(self, cell_id: str) -> Path:
         """A private folder to write a new cell into; `publish` moves it into place."""
+        return self.private_dir("new", cell_id)
+
+    def private_dir(self, kind: str, cell_id: str) -> Path:
+        """A folder of this process's in the store (`.<kind>-<host>-<pid>-<cell id>-<random>`): a process killed
+        mid-write leaves it behind, and `remove_leftovers` finds it by its dead pid."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".new-{cell_id}-", dir=self.root))
+        return Path(tempfile.mkdtemp(prefix=f".{kind}-{_HOST}-{os.getpid()}-{cell_id}-", dir=self.root))
+
+    def remove_leftovers(self) -> int:
+        """Remove the private folders of processes of this host that are gone (killed mid-write)."""
+        removed = 0
+        for folder in self.root.glob(f".*-{_HOST}-*-*"):
+            pid = folder.name.split(f"-{_HOST}-", 1)[1].split("-", 1)[0]
+            if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def publish(self, staging: Path, cell_id: str) -> Path:
         """Move a complete cell folder into the store. If another process published the same cell meanwhile (views
@@ -169,6 +185,19 @@ def prune(view_dir: Path, keep: set[str]) -> int:
 def write_failed(record: dict, view_dir: Path) -> None:
     """A failed cell is shown in the view (the report lists it) and never stored: the next run retries it."""
     write_record(record, view_dir / "cells" / record["cell_id"])
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _read_only(path: Path) -> None:

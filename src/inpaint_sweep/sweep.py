@@ -269,6 +269,7 @@ def _begin(config: DictConfig):
     from . import runner
 
     run = runner.start(config, sweep_id())
+    run.store.remove_leftovers()  # half-written cells of a killed run
     run.store.adopt(config.paths.generate)
     if run.logger:
         run.logger.start()  # imports comet_ml while this process imports torch
