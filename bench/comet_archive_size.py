@@ -1,5 +1,5 @@
 """Size of a cell's offline Comet archive: full-size PNG outputs (tracking.image_format=png, image_max_pixels=null)
-vs the defaults (WebP previews capped at 1 MP). Both log the case's photo and mask once per case and sweep; the
+vs the defaults (JPEG previews, quality 90, capped at 1 MP). Both log the case's photo and mask once per case and sweep; the
 largest archive of each run is the one holding them.
 
     python bench/comet_archive_size.py [--cells 6]

@@ -88,7 +88,7 @@ class TrackingConfig:
     project: str = "inpaint-sweep"
     workspace: Optional[str] = None
     offline: bool = False
-    image_format: str = "webp"  # png | webp | jpeg: the output pictures sent to Comet (the store keeps full PNGs)
+    image_format: str = "jpeg"  # jpeg | webp | png: the output pictures sent to Comet (the store keeps full PNGs)
     image_max_pixels: Optional[int] = 1_000_000  # their size cap in pixels (aspect kept); null = full size
 
 
