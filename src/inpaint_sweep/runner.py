@@ -12,6 +12,8 @@ A value's path, e.g. `guidance`: the command line -> Hydra's job config -> `Swee
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import json
 import logging
 import os
@@ -65,6 +67,7 @@ class SweepRunner:
         self._cases: dict[str, list[PreparedCase]] = {}
         self._inputs: dict[tuple, tuple] = {}
         self._warned: set[tuple] = set()
+        self._mask_pngs: dict[int, tuple] = {}  # id(mask array) -> (the array, its PNG bytes, their file entry)
         self._inputs_logged: dict[str, str] = {}  # case id -> the experiment that holds its photo and mask
         self._planned: dict[tuple[str, ...], list] = {}  # a job's task overrides -> its cells, listed by plan()
         # Finishing computed cells: one thread per two CPU cores (at most 4), at most twice as many cells waiting, so
@@ -223,11 +226,11 @@ class SweepRunner:
         try:
             stored = self.store.cell_dir(cid)
             # The masks this cell inpainted and blended with (prepare's base mask under the job's mask settings).
-            for name, pixels in (("mask.png", to_mask_image(mask)), ("soft_mask.png", soft)):
+            for name, pixels in (("mask.png", mask), ("soft_mask.png", soft)):
                 if pixels is not None:
-                    save_image(pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, mode="L"),
-                               staging / name)
-                    record["files"][name] = file_entry(staging / name)
+                    data, entry = self._mask_png(pixels)
+                    (staging / name).write_bytes(data)  # a private folder until published: no half file is seen
+                    record["files"][name] = entry
                     record[name.removesuffix(".png")] = str(stored / name)
             for seed, raw, cell_metrics, flagged in zip(seeds, raws, metrics, nsfw):
                 name = f"seed-{seed}.png"
@@ -251,6 +254,23 @@ class SweepRunner:
             self._advance("done", cid)
         else:
             self._log(record, job, "done")
+
+    def _mask_png(self, pixels: np.ndarray) -> tuple[bytes, dict]:
+        """A mask as PNG bytes and their file entry, encoded once per mask (every cell of a case and mask settings
+        stores the same file)."""
+        with self._lock:
+            hit = self._mask_pngs.get(id(pixels))
+        if hit is None or hit[0] is not pixels:
+            image = to_mask_image(pixels) if pixels.dtype == bool else Image.fromarray(pixels, mode="L")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data = buffer.getvalue()
+            hit = (pixels, data, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            with self._lock:
+                if len(self._mask_pngs) >= 16:
+                    self._mask_pngs.pop(next(iter(self._mask_pngs)))
+                self._mask_pngs[id(pixels)] = hit
+        return hit[1], dict(hit[2])
 
     def _fail(self, record: dict, error: Exception) -> None:
         record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
