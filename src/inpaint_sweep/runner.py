@@ -31,7 +31,7 @@ from PIL import Image
 
 from . import tracking
 from .config import SWEEP_AXES, ConfigError, load_settings
-from .identity import Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint
+from .identity import Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint, task_container
 from .images import load_photo, save_image, to_mask_image, write_json
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .provenance import code_version
@@ -504,7 +504,7 @@ def _settings(cfg) -> dict:
 def _new_record(cid: str, case: PreparedCase, cfg, settings: dict, identity: dict, revision: str,
                 sweep_id: str, prompts: Prompts) -> dict:
     m = cfg.model
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = task_container(cfg)
     for key in ("hydra", "paths", "tracking", "report"):
         plain.pop(key, None)
     plain["prompt_sr"] = prompts.replacement  # this cell's value of the search/replace axis
