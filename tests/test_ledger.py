@@ -181,36 +181,38 @@ def test_a_single_run_keeps_the_view_consistent(tmp_path, prepared, model_cache)
 
 
 def test_a_second_sweep_on_the_same_view_stops_and_another_view_shares_the_store(tmp_path, prepared, model_cache):
-    slow = ["-m", "guidance=1,2,3,4,5,6", "hydra.sweeper.params.steps=4", "model.size=128", "tracking.comet=false"]
-    first, log = generate(tmp_path, prepared, model_cache, *slow, popen=True)
+    # Slow enough (about a second a cell) that the first sweep is still running while the others start.
+    slow = ["hydra.sweeper.params.steps=8", "model.size=256", "tracking.comet=false"]
+    first, log = generate(tmp_path, prepared, model_cache, "-m", "guidance=1,2,3,4,5,6,7,8,9,10", *slow, popen=True)
     try:
         deadline = time.time() + 120
         while not list((tmp_path / "store").glob("*/record.json")) and time.time() < deadline:
             assert first.poll() is None, Path(log.name).read_text()
             time.sleep(0.05)
         # Same view: refused at once, naming the running sweep; the first one's cells are not touched.
-        second = generate(tmp_path, prepared, model_cache, *slow, check=False)
+        second = generate(tmp_path, prepared, model_cache, "-m", "guidance=1,2", *slow, check=False)
+        assert first.poll() is None, "the first sweep ended before the second started: the test proves nothing"
         assert second.returncode == 2
         assert f"error: another sweep (pid {first.pid}, started " in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1, second.stderr
-        # Another view on the same store: runs beside it; cells the first already stored are reused.
-        other = generate(tmp_path, prepared, model_cache, *slow, view_dir="other")
+        # Another view on the same store: runs beside it; the cell the first already stored is reused.
+        other = generate(tmp_path, prepared, model_cache, "-m", "guidance=1,2", *slow, view_dir="other")
         assert counts(other)["failed"] == 0 and counts(other)["reused"] >= 1
     finally:
         assert first.wait(timeout=300) == 0, Path(log.name).read_text()
-    for view_dir in ("gen", "other"):
-        records = sorted(view(tmp_path) if view_dir == "gen" else
-                         [json.loads(p.read_text()) for p in (tmp_path / "other" / "cells").glob("*/record.json")],
+    for view_dir, expected in (("gen", list(range(1, 11))), ("other", [1, 2])):
+        records = sorted((json.loads(p.read_text()) for p in (tmp_path / view_dir / "cells").glob("*/record.json")),
                          key=lambda r: r["guidance"])
-        assert [r["guidance"] for r in records] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        assert [r["guidance"] for r in records] == expected
         for record in records:
             Image.open(record["images"][0]["path"]).load()
-    assert len(list((tmp_path / "store").glob("*/record.json"))) == 6
+    assert len(list((tmp_path / "store").glob("*/record.json"))) == 10
     assert not list((tmp_path / "store").glob(".new-*")), "a half-published cell was left in the store"
 
 
 def test_an_interrupted_sweep_keeps_what_it_computed_and_says_so(tmp_path, prepared, model_cache):
-    slow = ["-m", "guidance=1,2,3,4,5,6", "hydra.sweeper.params.steps=4", "model.size=128", "tracking.comet=false"]
+    slow = ["-m", "guidance=1,2,3,4,5,6,7,8,9,10", "hydra.sweeper.params.steps=8", "model.size=256",
+            "tracking.comet=false"]  # about a second a cell: still running when interrupted
     generate(tmp_path, prepared, model_cache, "-m", "guidance=9", "tracking.comet=false")  # an older grid's cell
     proc, log = generate(tmp_path, prepared, model_cache, *slow, popen=True)
     deadline = time.time() + 120
@@ -221,9 +223,10 @@ def test_an_interrupted_sweep_keeps_what_it_computed_and_says_so(tmp_path, prepa
     log.seek(0)
     printed = log.read()
     assert "(interrupted: what was computed is kept)" in printed and "Traceback" not in printed, printed
-    done = [r for r in view(tmp_path) if r["guidance"] != 9.0]
-    assert done and all(Path(r["images"][0]["path"]).is_file() for r in done)
-    assert any(r["guidance"] == 9.0 for r in view(tmp_path))  # an interrupted run removes nothing
+    assert proc.poll() is not None
+    done = [r for r in view(tmp_path) if r["steps"] == 8]
+    assert 2 <= len(done) < 10 and all(Path(r["images"][0]["path"]).is_file() for r in done)
+    assert any(r["steps"] == 2 for r in view(tmp_path))  # the older grid's cell: an interrupted run removes nothing
 
 
 def test_safety_checker_verdicts_are_recorded(tmp_path, prepared, model_cache):
