@@ -276,15 +276,16 @@ def _begin(config: DictConfig):
     return run
 
 
-def _check_inputs(config: DictConfig, jobs: list[DictConfig]) -> int:
-    """The prepared cases exist, and every job's prompts apply to each (prompt_sr finds its text); returns the
-    number of cells of the run."""
+def _check_inputs(config: DictConfig, jobs: list[DictConfig]) -> None:
+    """The prepared cases exist, and every job's prompts apply to each (prompt_sr finds its text): prompt_variants
+    raises ConfigError naming the case otherwise."""
     from .records import load_prepared
     from .runner import prompt_variants
 
     cases = load_prepared(config.paths.prepare)
-    return sum(len(prompt_variants(case.id, case.prompt, cfg.prompt, cfg.negative_prompt, cfg.prompt_sr))
-               for cfg in jobs for case in cases)
+    for cfg in jobs:
+        for case in cases:
+            prompt_variants(case.id, case.prompt, cfg.prompt, cfg.negative_prompt, cfg.prompt_sr)
 
 
 class SweepCallback(Callback):
