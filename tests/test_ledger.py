@@ -157,6 +157,10 @@ def test_files_are_created_with_the_users_umask(tmp_path, prepared, model_cache)
     stored = [p for p in (tmp_path / "store").glob("*/*") if p.is_file()]
     # Stored cell files are read-only for everyone (the record is rewritten by rename), but readable by all.
     assert stored and all(stat.S_IMODE(p.stat().st_mode) & 0o444 == 0o444 for p in stored)
+    # ... in folders everyone can enter: a store shared on a cluster filesystem is readable by colleagues.
+    folders = [p for p in [*(tmp_path / "store").glob("*"), *(tmp_path / "gen").rglob("*")] if p.is_dir()]
+    assert folders and all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in folders), \
+        {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders if stat.S_IMODE(p.stat().st_mode) != 0o755}
 
 
 @pytest.mark.parametrize("bad, words", [

@@ -165,6 +165,9 @@ def folder_fingerprint(folder: str | Path, digests: Digests) -> str:
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
+FINGERPRINT_KEYS = ("source", "id", "revision", "config", "cache_dir", "seed")  # the model.* keys it reads
+
+
 def model_fingerprint(model, digests: Digests) -> tuple[str, str]:
     """(fingerprint, revision) of the checkpoint `model` (the model config) loads, without loading it.
 

@@ -122,8 +122,10 @@ def _umask() -> int:
     return mask
 
 
-# Files are created with the user's umask (0644 under umask 022), as any tool's would be; mkstemp's are 0600.
+# Files and folders are created with the user's umask (0644 and 0755 under umask 022), as any tool's would be;
+# mkstemp's files are 0600 and mkdtemp's folders 0700.
 FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
 
 
 def _atomic(path: Path, write) -> None:

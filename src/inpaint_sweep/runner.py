@@ -31,7 +31,7 @@ from PIL import Image
 
 from . import tracking
 from .config import SWEEP_AXES, ConfigError, load_settings
-from .identity import Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint, task_container
+from .identity import FINGERPRINT_KEYS, Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint, task_container
 from .images import load_photo, save_image, to_mask_image, write_json
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .provenance import code_version
@@ -137,7 +137,7 @@ class SweepRunner:
         return self._cases[prepare_dir]
 
     def fingerprint(self, model) -> tuple[str, str]:
-        key = OmegaConf.to_yaml(model)
+        key = tuple(str(model.get(k)) for k in FINGERPRINT_KEYS)
         if key not in self._fingerprints:
             self._fingerprints[key] = model_fingerprint(model, self.digests)
         return self._fingerprints[key]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .config import ConfigError
+from .images import DIR_MODE
 from .records import COMET_ARCHIVE, RECORD, read_record, verify, write_record
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class CellStore:
         sharing a store), its copy stays and ours is dropped: same id, same pixels."""
         for path in staging.iterdir():
             _read_only(path)
+        os.chmod(staging, DIR_MODE)  # mkdtemp made it 0700: colleagues sharing the store could not read the cell
         target = self.cell_dir(cell_id)
         try:
             os.rename(staging, target)

