@@ -5,6 +5,7 @@
     python stages/generate.py -m guidance=5,7.5,12 # replace one axis of that grid
 """
 
+import gc
 import sys
 
 import hydra
@@ -44,4 +45,6 @@ if __name__ == "__main__":
         interrupted = True
     finally:
         finished = runner.finish(completed=not interrupted and sys.exc_info()[0] is None)
-    sys.exit(summarize(finished, interrupted) if finished else 0)
+    code = summarize(finished, interrupted) if finished else 0
+    gc.freeze()  # exit without Python's final full collection of every job's config (0.7 s at 384 jobs)
+    sys.exit(code)

@@ -10,6 +10,7 @@ Any other launcher (joblib, submitit, slurm) works with the grid sweeper unchang
 """
 
 import copy
+import gc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class GridLauncher(BasicLauncher):
         log.info(f"Launching {len(job_overrides)} jobs locally")
         runs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            if (idx - initial_job_idx) % FREEZE_EVERY == 0:
+                _freeze_heap()
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(config):
@@ -75,6 +78,20 @@ class GridLauncher(BasicLauncher):
             runs.append(_run_job(config, self.task_function, self.hydra_context.callbacks))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return runs
+
+
+FREEZE_EVERY = 64  # jobs
+
+
+def _freeze_heap() -> None:
+    """Collect the garbage, then move what is alive out of reach of Python's later collections.
+
+    What is alive when the jobs start (torch's and Hydra's modules: ~500,000 objects) lives until exit, and so does
+    each job's config, which Hydra keeps in the job's JobReturn (~1,300 objects a job). Left to itself, Python
+    collects that whole growing heap every few dozen jobs (0.15-0.35 s each time): ~3 ms a job at 384 jobs, measured
+    with gc.callbacks. Frozen every 64 jobs, a collection only goes over the jobs since the last freeze."""
+    gc.collect()
+    gc.freeze()
 
 
 def _run_job(config: DictConfig, task_function, callbacks) -> JobReturn:

@@ -150,12 +150,15 @@ def save_image(image: Image.Image, path: str | os.PathLike, compress_level: int 
 
 
 def write_json(data, path: str | os.PathLike) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-
-    _atomic(Path(path), write)
+    """Write `data` as indented JSON, atomically; a file that holds that text already is left as it is (its mtime
+    too), so a re-run rewrites no unchanged record."""
+    text = json.dumps(data, indent=2) + "\n"
+    try:
+        if Path(path).read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def to_mask_image(mask: np.ndarray) -> Image.Image:
