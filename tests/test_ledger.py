@@ -62,9 +62,12 @@ def test_rerunning_a_grid_keeps_every_cells_comet_archive(tmp_path, prepared, mo
     # The whole grid is uploadable from the view: `comet upload gen/comet/*.zip` names exactly these cells.
     assert sorted(a.stem for a in archives(tmp_path)) == sorted(r["cell_id"] for r in records)
 
-    # And the same grid once more: nothing computed, nothing logged twice, nothing lost.
+    # And the same grid once more: nothing computed, nothing logged twice, nothing lost, and not a byte or timestamp
+    # of the view changed (DVC sees nothing new to commit).
+    before = snapshot(tmp_path / "gen")
     third = generate(tmp_path, prepared, model_cache, "-m", "guidance=5,9,12")
     assert counts(third) == {"computed": 0, "reused": 3, "failed": 0}
+    assert snapshot(tmp_path / "gen") == before
     assert [a.read_bytes() for a in archives(tmp_path)] == [Path(r["comet"]).read_bytes() for r in
                                                           sorted(view(tmp_path), key=lambda r: r["cell_id"])]
 
