@@ -90,8 +90,10 @@ def test_hub_presets_as_an_axis_reach_the_model_check(tmp_path, prepared, model_
     assert "Ambiguous" not in result.stderr and not list((tmp_path / "gen").glob("cells/*"))
 
 
-def test_the_runner_keeps_one_pipeline_resident(tmp_path, checkpoints):
-    """Loading the second checkpoint frees the first: nothing else holds it."""
+@pytest.mark.parametrize("frozen", [False, True], ids=["heap", "frozen-heap"])
+def test_the_runner_keeps_one_pipeline_resident(tmp_path, checkpoints, frozen):
+    """Loading the second checkpoint frees the first: nothing else holds it, even when the first was resident at one of
+    the grid launcher's `gc.freeze()`s (every 64 jobs): the pipeline's reference cycles must still be collected."""
     from inpaint_sweep.config import load_config, model_config
     from inpaint_sweep.runner import SweepRunner
 
@@ -104,11 +106,17 @@ def test_the_runner_keeps_one_pipeline_resident(tmp_path, checkpoints):
         unet = weakref.ref(first.pipe.unet)
         assert runner.model(model_config("pretrained", id=str(checkpoints[0]), size=128, device="cpu",
                                          scheduler="ddim")) is first  # per-call settings: no reload
+        if frozen:  # as a pipeline held in a reference cycle (accelerate's hooks make some) at a freeze
+            cycle = [first.pipe]
+            cycle.append(cycle)
+            del cycle
+            gc.freeze()
         del first
         runner.model(model_config("pretrained", id=str(checkpoints[1]), size=64, device="cpu"))
         gc.collect()
         assert ref() is None and unet() is None
     finally:
+        gc.unfreeze()
         runner.close(completed=False)
 
 

@@ -180,6 +180,7 @@ class SweepRunner:
             return
         device = self._loaded[1].device
         self._loaded = None
+        gc.unfreeze()  # the grid launcher freezes the heap (hydra_plugins.inpaint_sweep_grid): the pipeline with it
         gc.collect()
         if str(device).startswith("cuda"):
             import torch
