@@ -31,7 +31,8 @@ from PIL import Image
 
 from . import tracking
 from .config import SWEEP_AXES, ConfigError, load_settings
-from .identity import FINGERPRINT_KEYS, Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint, task_container
+from .identity import (FINGERPRINT_KEYS, Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint,
+                       task_container)
 from .images import load_photo, save_image, to_mask_image, write_json
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .provenance import code_version
