@@ -165,6 +165,12 @@ def test_files_are_created_with_the_users_umask(tmp_path, prepared, model_cache)
     assert folders and all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in folders), \
         {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders if stat.S_IMODE(p.stat().st_mode) != 0o755}
 
+    # A cell stored by an earlier version (mkdtemp's 0700 folder) is opened up when it is next reused.
+    (cell,) = [p for p in (tmp_path / "store").glob("*") if p.is_dir() and not p.name.startswith(".")]
+    cell.chmod(0o700)
+    assert counts(generate(tmp_path, prepared, model_cache, "-m", "guidance=5"))["reused"] == 1
+    assert stat.S_IMODE(cell.stat().st_mode) == 0o755
+
 
 @pytest.mark.parametrize("bad, words", [
     (["steps=0"], "error: steps must be >= 1, got steps=0"),

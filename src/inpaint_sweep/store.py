@@ -59,6 +59,7 @@ class CellStore:
             return None
         problem = "it did not finish" if record.get("status") != "ok" else verify(folder, record)
         if problem is None:
+            _open_up(folder)
             return record
         log.warning("stored cell %s is corrupt (%s): computing it again", cell_id, problem)
         self.remove(cell_id)
@@ -153,6 +154,16 @@ def show(store: CellStore, record: dict, view_dir: Path) -> dict:
     shown = view_paths(record, target, archive)
     write_record(shown, target)
     return shown
+
+
+def _open_up(folder: Path) -> None:
+    """Give a cell folder stored by an earlier version (mkdtemp's 0700: only its owner could read it) the mode that
+    publish gives new ones (the umask's: 0755 under umask 022). Only that mode is changed, and only by its owner."""
+    try:
+        if DIR_MODE != 0o700 and os.stat(folder).st_mode & 0o777 == 0o700:
+            os.chmod(folder, DIR_MODE)
+    except PermissionError:  # another user's cell
+        pass
 
 
 def _copy_unless_same(source: Path, target: Path, size: int) -> None:
