@@ -43,7 +43,7 @@ def job_lines(result) -> list[str]:
 
 
 def plan(result) -> dict:
-    m = re.search(r"generate: (\d+) jobs, (\d+) cells, (\d+) already in the cell store; (\d+) model loads?",
+    m = re.search(r"generate: (\d+) combinations?, (\d+) cells, (\d+) already in the cell store; (\d+) model loads?",
                   result.stdout)
     assert m, result.stdout + result.stderr
     return dict(zip(("jobs", "cells", "stored", "loads"), map(int, m.groups())))
@@ -90,34 +90,29 @@ def test_hub_presets_as_an_axis_reach_the_model_check(tmp_path, prepared, model_
     assert "Ambiguous" not in result.stderr and not list((tmp_path / "gen").glob("cells/*"))
 
 
-@pytest.mark.parametrize("frozen", [False, True], ids=["heap", "frozen-heap"])
-def test_the_runner_keeps_one_pipeline_resident(tmp_path, checkpoints, frozen):
-    """Loading the second checkpoint frees the first: nothing else holds it, even when the first was resident at one of
-    the grid launcher's `gc.freeze()`s (every 64 jobs): the pipeline's reference cycles must still be collected."""
-    from inpaint_sweep.config import load_config, model_config
-    from inpaint_sweep.runner import SweepRunner
+@pytest.mark.parametrize("cycle", [False, True], ids=["plain", "in-a-cycle"])
+def test_the_model_slot_keeps_one_pipeline_resident(tmp_path, checkpoints, cycle):
+    """Loading the second checkpoint frees the first: nothing else holds it, even a pipeline held in a reference
+    cycle (accelerate's hooks make some)."""
+    from inpaint_sweep.cells import ModelSlot
+    from inpaint_sweep.config import model_config
 
-    cfg = load_config([f"paths.generate={tmp_path}/gen", f"paths.cell_store={tmp_path}/store",
-                       "tracking.comet=false"])
-    runner = SweepRunner(cfg, "test", lock=False)
+    slot = ModelSlot(tmp_path / "store")
     try:
-        first = runner.model(model_config("pretrained", id=str(checkpoints[0]), size=64, device="cpu"))
+        first = slot.get(model_config("pretrained", id=str(checkpoints[0]), size=64, device="cpu"))
         ref = weakref.ref(first.pipe)
         unet = weakref.ref(first.pipe.unet)
-        assert runner.model(model_config("pretrained", id=str(checkpoints[0]), size=128, device="cpu",
-                                         scheduler="ddim")) is first  # per-call settings: no reload
-        if frozen:  # as a pipeline held in a reference cycle (accelerate's hooks make some) at a freeze
-            cycle = [first.pipe]
-            cycle.append(cycle)
-            del cycle
-            gc.freeze()
+        assert slot.get(model_config("pretrained", id=str(checkpoints[0]), size=128, device="cpu",
+                                     scheduler="ddim")) is first  # per-call settings: no reload
+        if cycle:
+            held = [first.pipe]
+            held.append(held)
+            del held
         del first
-        runner.model(model_config("pretrained", id=str(checkpoints[1]), size=64, device="cpu"))
-        gc.collect()
+        slot.get(model_config("pretrained", id=str(checkpoints[1]), size=64, device="cpu"))
         assert ref() is None and unet() is None
     finally:
-        gc.unfreeze()
-        runner.close(completed=False)
+        slot.close()
 
 
 def test_prompts_as_an_axis(tmp_path, prepared, model_cache):
@@ -163,10 +158,10 @@ def test_zipped_axes_step_together(tmp_path, prepared, model_cache):
         (2, 1.0, 5.0), (2, 1.0, 9.0), (4, 0.5, 5.0), (4, 0.5, 9.0)]
 
 
-def test_grid_jobs_cross_zip_and_group_by_model():
+def test_grid_combinations_cross_zip_and_group_by_model():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from inpaint_sweep.sweep import grid_jobs
+    from inpaint_sweep.grid import combinations as grid_jobs
 
     parse = OverridesParser.create().parse_overrides
     jobs = grid_jobs(parse(["guidance=5,9", "model.id=/a,/b", "model.scheduler=ddim,pndm"]))
@@ -178,11 +173,9 @@ def test_grid_jobs_cross_zip_and_group_by_model():
     zipped = grid_jobs(parse(["steps=2,4", "guidance=5,9", "strength=1.0,0.5"]), [["steps", "strength"]])
     assert zipped == [["steps=2", "strength=1.0", "guidance=5"], ["steps=2", "strength=1.0", "guidance=9"],
                       ["steps=4", "strength=0.5", "guidance=5"], ["steps=4", "strength=0.5", "guidance=9"]]
-    # Without model keys or zip: exactly Hydra's basic sweeper.
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    overrides = parse(["a=1,2", "b=x,y,z", "c=3"])
-    assert grid_jobs(overrides) == BasicSweeper.split_arguments(overrides, None)[0]
+    # Without model keys or zip: Hydra's basic sweeper's cross product, in its order.
+    assert grid_jobs(parse(["a=1,2", "b=x,y", "c=3"])) == [["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"],
+                                                         ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
 
 
 def test_mask_settings_are_generate_axes(tmp_path, prepared, model_cache):
@@ -215,14 +208,13 @@ def _claim_a_gpu(store: str, gpus: int, picked, done) -> None:
     """In a worker process: a runner on a machine faking `gpus` CUDA devices asks for model.device=cuda."""
     import torch
 
-    import inpaint_sweep.runner as runner
-    from inpaint_sweep.config import load_config, model_config
+    import inpaint_sweep.cells as cells
+    from inpaint_sweep.config import model_config
 
-    runner.cuda_device_count = lambda: gpus
+    cells.cuda_device_count = lambda: gpus
     torch.cuda.set_device = lambda index: None
-    cfg = load_config([f"paths.generate={store}/gen", f"paths.cell_store={store}/store", "tracking.comet=false"])
-    run = runner.SweepRunner(cfg, "test", lock=False)
-    picked.put(run.pinned(model_config("tiny", device="cuda")).device)
+    slot = cells.ModelSlot(Path(store) / "store")
+    picked.put(slot.pinned(model_config("tiny", device="cuda")).device)
     done.wait(60)  # hold the GPU while the others pick theirs, as a worker does for the whole sweep
 
 
@@ -244,13 +236,10 @@ def test_each_worker_process_pins_its_own_gpu(tmp_path):
     assert devices == ["cuda:0", "cuda:1", "cuda:2"]
 
     # One GPU, or a device given explicitly: left as configured.
-    from inpaint_sweep.config import load_config, model_config
-    from inpaint_sweep.runner import SweepRunner
+    from inpaint_sweep.cells import ModelSlot
+    from inpaint_sweep.config import model_config
 
-    cfg = load_config([f"paths.generate={tmp_path}/g", f"paths.cell_store={tmp_path}/s", "tracking.comet=false"])
-    run = SweepRunner(cfg, "test", lock=False)
-    assert run.pinned(model_config("tiny", device="cpu")).device == "cpu"
-    run.close(completed=False)
+    assert ModelSlot(tmp_path / "s").pinned(model_config("tiny", device="cpu")).device == "cpu"
 
 
 @pytest.mark.slow
@@ -268,7 +257,7 @@ def test_dvc_repro_runs_a_checkpoint_grid_from_params_yaml(tmp_path, checkpoints
         grid, grid + f"      model: local\n      model.id: {a},{b}\n      model.size: 64\n"))
     result = run(["dvc", "repro", "generate"], cwd=repo, env=stage_env(PYTHONPATH=str(repo / "src")), timeout=600)
     out = result.stdout + result.stderr
-    assert "generate: 4 jobs, 4 cells, 0 already in the cell store; 2 model loads" in out
+    assert "generate: 4 combinations, 4 cells, 0 already in the cell store; 2 model loads" in out
     assert re.findall(r"loaded model (\S+)@", out) == [str(a), str(b)]
     records = [json.loads(p.read_text()) for p in (repo / "results" / "generate" / "cells").glob("*/record.json")]
     assert sorted((r["config"]["model.id"], r["guidance"]) for r in records) == [

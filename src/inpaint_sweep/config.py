@@ -120,6 +120,7 @@ class Config:
     prompt_sr: List[str] = field(default_factory=list)  # [find, a, b, ...]: one cell per value, replacing find
     negative_prompt: str = ""
     seed: Any = 0  # an int, or a list of ints for several images per cell (checked in check_config)
+    batch: Optional[str] = None  # set by the grid sweeper: the combinations one Hydra job makes
     mask: MaskConfig = field(default_factory=MaskConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

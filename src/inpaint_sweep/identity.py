@@ -40,6 +40,7 @@ NOT_IDENTITY = {
     "mask.overlay_alpha": "prepare's overlay picture, drawn for people, never inpainted",
     "prompt_sr": "search/replace of the prompts: the prompt and negative prompt each cell uses are hashed instead",
     "tracking": "where the cell is logged, not what it is",
+    "batch": "which Hydra job makes the cell, not what it is",
     "report": "the report stage's settings",
     "paths": "where files are written",
     "model.name": "the preset's label: its settings are hashed key by key",
