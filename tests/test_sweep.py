@@ -148,100 +148,57 @@ def test_one_bad_cell_does_not_sink_the_sweep(tmp_path, prepared, model_cache):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["guidance=5", "strength=0.75", "steps=4", "negative_prompt=''"],  # the default grid's kind of job
+    ["guidance=5", "strength=0.75", "steps=4", "negative_prompt=''"],  # the default grid's kind of combination
     ["negative_prompt=cartoon", "seed=[1,2]", "model.scheduler=ddim", "guidance=12"],
     ["model=local", "model.id=/models/x", "guidance=7.5"],  # a config group choice next to plain values
     ["hydra.job.name=other", "steps=8"],  # a hydra.* key
+    ["prompt='a dragon, green'", "prompt_sr=[dragon,cat]", "model.cpu_threads=null"],
 ])
-def test_grid_sweeper_composes_each_job_exactly_as_hydra_does(overrides):
-    """params.yaml's sweeper composes a job's config once per set of group choices, then applies the plain values:
-    the result must be Hydra's own full composition, every key of the hydra node included."""
+def test_each_combination_is_composed_exactly_as_hydra_composes_it(overrides):
+    """The sweeper composes each set of config-group choices once, then sets the plain values: the task config must
+    be Hydra's own full composition."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from inpaint_sweep.config import CONFIG_DIR, CONFIG_NAME
-    from inpaint_sweep.sweep import GridConfigLoader
+    from inpaint_sweep.grid import Composer, task_part
 
-    search_path = create_config_search_path(str(CONFIG_DIR))
-    hydra_loader, grid_loader = ConfigLoaderImpl(search_path), GridConfigLoader(search_path)
-    master = hydra_loader.load_configuration(CONFIG_NAME, ["hydra.sweep.dir=/tmp/x", "paths.generate=/tmp/g"],
-                                             RunMode.MULTIRUN)
-    assert OmegaConf.select(master, "hydra.sweeper._target_").endswith("GridSweeper")
-    for _ in range(2):  # the second time from the loader's cache
-        expected = OmegaConf.to_yaml(hydra_loader.load_sweep_config(master, overrides))
-        assert OmegaConf.to_yaml(grid_loader.load_sweep_config(master, overrides)) == expected
+    loader = ConfigLoaderImpl(create_config_search_path(str(CONFIG_DIR)))
+    master = loader.load_configuration(CONFIG_NAME, ["hydra.sweep.dir=/tmp/x", "paths.generate=/tmp/g"],
+                                       RunMode.MULTIRUN)
+    compose = Composer(master, loader)
+    for _ in range(2):  # the second time from the composer's cache
+        expected = task_part(loader.load_sweep_config(master, overrides))
+        got = compose(overrides)
+        assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(expected)
+        assert OmegaConf.get_type(got) is OmegaConf.get_type(expected)  # the typed schema at the root
 
 
 @pytest.mark.parametrize("bad", ["guidanse=5", "steps=abc"])
-def test_grid_sweeper_rejects_a_bad_job_as_hydra_does(bad):
+def test_a_bad_combination_is_refused_as_hydra_refuses_it(bad):
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.errors import ConfigCompositionException
     from hydra.types import RunMode
 
     from inpaint_sweep.config import CONFIG_DIR, CONFIG_NAME
-    from inpaint_sweep.sweep import GridConfigLoader
+    from inpaint_sweep.grid import Composer
 
-    search_path = create_config_search_path(str(CONFIG_DIR))
-    hydra_loader = ConfigLoaderImpl(search_path)
-    master = hydra_loader.load_configuration(CONFIG_NAME, [], RunMode.MULTIRUN)
-    messages = []
-    for loader in (hydra_loader, GridConfigLoader(search_path)):
-        with pytest.raises(ConfigCompositionException) as error:
-            loader.load_sweep_config(master, ["guidance=5", bad])
-        messages.append(str(error.value.__cause__ or error.value))
-    assert messages[0] == messages[1] and bad.split("=")[0] in messages[0]
+    loader = ConfigLoaderImpl(create_config_search_path(str(CONFIG_DIR)))
+    master = loader.load_configuration(CONFIG_NAME, [], RunMode.MULTIRUN)
+    with pytest.raises(ConfigCompositionException):
+        loader.load_sweep_config(master, ["guidance=5", bad])
+    with pytest.raises(ConfigCompositionException, match=bad.split("=")[0]):
+        Composer(master, loader)(["guidance=5", bad])
 
 
-def test_grid_launcher_runs_jobs_as_hydras_basic_launcher_does(tmp_path):
-    """Same task config, Hydra config, output folders, log files and JobReturns as Hydra's basic launcher; a job that
-    raises is a FAILED JobReturn holding the exception, and the next job still runs."""
-    from hydra._internal.callbacks import Callbacks
-    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import JobStatus
-    from hydra.types import HydraContext, RunMode
-    from hydra_plugins.inpaint_sweep_grid import GridLauncher
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ValidationError
-
-    from inpaint_sweep.config import CONFIG_DIR, CONFIG_NAME
-    from inpaint_sweep.sweep import GridConfigLoader
-
-    seen = []
-
-    def task(cfg):
-        hydra = HydraConfig.get()
-        seen.append((OmegaConf.to_yaml(cfg), hydra.job.num, hydra.runtime.output_dir, hydra.overrides.task,
-                     OmegaConf.is_struct(cfg), "hydra" in cfg, OmegaConf.get_type(cfg).__name__))
-        with pytest.raises(ValidationError):  # the typed schema is at the job config's root
-            cfg.steps = "abc"
-        if cfg.guidance == 12:
-            raise ValueError("bad cell")
-        return cfg.guidance
-
-    results = {}
-    for name, launcher in (("basic", BasicLauncher()), ("grid", GridLauncher())):
-        loader = GridConfigLoader(create_config_search_path(str(CONFIG_DIR)))
-        master = loader.load_configuration(CONFIG_NAME, [f"hydra.sweep.dir={tmp_path}/{name}"], RunMode.MULTIRUN)
-        launcher.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()), task_function=task,
-                       config=master)
-        seen.clear()
-        runs = launcher.launch([["guidance=5", "steps=4"], ["guidance=12", "steps=4"], ["guidance=7.5"]], 0)
-        files = sorted(str(p.relative_to(tmp_path / name)) for p in (tmp_path / name).rglob("*") if p.is_file())
-        summary = [(r.status, r.overrides, r.working_dir, r.task_name, OmegaConf.to_yaml(r.cfg),
-                    r.hydra_cfg.hydra.job.num, r.hydra_cfg.hydra.runtime.output_dir) for r in runs]
-        results[name] = (seen[:], summary, files, runs)
-
-    basic, grid = results["basic"], results["grid"]
-    strip = lambda text: text.replace(f"{tmp_path}/basic", "X").replace(f"{tmp_path}/grid", "X")  # noqa: E731
-    assert [tuple(strip(str(x)) for x in s) for s in grid[0]] == [tuple(strip(str(x)) for x in s) for s in basic[0]]
-    assert [tuple(strip(str(x)) for x in s) for s in grid[1]] == [tuple(strip(str(x)) for x in s) for s in basic[1]]
-    assert {s[-1] for s in grid[0]} == {"Config"}
-    assert grid[2] == basic[2] and [Path(f).parent.name for f in grid[2] if f.endswith(".log")] == ["0", "1", "2"]
-    runs = grid[3]
-    assert [r.status for r in runs] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED]
-    assert isinstance(runs[1]._return_value, ValueError) and runs[2].return_value == 7.5
+def test_a_stored_grid_launches_no_hydra_job(tmp_path, prepared, model_cache):
+    """A re-run of a grid whose cells are all stored shows them in the view and launches nothing."""
+    grid = ["-m", "guidance=5,9", *FIXED_GRID, "tracking.comet=false"]
+    first = generate(tmp_path, prepared, model_cache, *grid)
+    assert "Launching 1 jobs" in first.stdout + first.stderr
+    again = generate(tmp_path, prepared, model_cache, *grid)
+    assert counts(again) == {"computed": 0, "reused": 2, "failed": 0}
+    assert "Launching" not in again.stdout + again.stderr and "0 model loads" in again.stdout
