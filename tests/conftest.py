@@ -98,3 +98,73 @@ def shrunk_clone(dest: Path, grid: dict[str, str]) -> Path:
         assert n == 1, f"grid axis {axis} not found in params.yaml"
     (dest / "params.yaml").write_text(params)
     return dest
+
+
+# -- generate, in this process (the tests' usual way) or as the stage script -----------------------------------------
+
+def store_args(tmp: Path, prepared: Path, model_cache: Path, view_dir: str = "gen") -> list[str]:
+    """Overrides that keep a test's sweep in `tmp`, on the tiny model at 64 px."""
+    return ["model.size=64", f"paths.prepare={prepared}", f"paths.generate={tmp}/{view_dir}",
+            f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/{view_dir}/hydra",
+            f"hydra.run.dir={tmp}/{view_dir}/hydra/run", f"model.cache_dir={model_cache}"]
+
+
+def sweep_here(tmp: Path, prepared: Path, model_cache: Path, *overrides: str, view_dir: str = "gen",
+               multirun: bool = True):
+    """What `python stages/generate.py [-m] <overrides>` makes, run in this process; returns the sweep's Summary."""
+    from inpaint_sweep.sweep import compose_grid, run_in_process
+
+    configs = compose_grid([*store_args(tmp, prepared, model_cache, view_dir), *overrides], multirun=multirun)
+    return run_in_process(configs)
+
+
+def counts(result) -> dict:
+    """Computed, reused and failed cells: of a Summary (in process), or read from a stage run's summary line."""
+    if hasattr(result, "computed"):
+        return {"computed": result.computed, "reused": result.reused, "failed": len(result.failed)}
+    m = re.search(r"generate: (\d+) computed, (\d+) reused from the cell store, (\d+) failed", result.stdout)
+    assert m, result.stdout + result.stderr
+    return dict(zip(("computed", "reused", "failed"), map(int, m.groups())))
+
+
+def view(tmp, view_dir: str = "gen") -> list[dict]:
+    """The records of the cells in a test's view."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(Path(tmp, view_dir, "cells").glob("*/record.json"))]
+
+
+class Ran:
+    """A generate run made in this process, read as a stage run would be: exit code, printed text, Summary."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str, summary) -> None:
+        self.returncode, self.stdout, self.stderr, self.summary = returncode, stdout, stderr, summary
+        if summary is not None:
+            self.computed, self.reused, self.failed = summary.computed, summary.reused, summary.failed
+
+
+def generate_here(tmp: Path, prepared: Path, model_cache: Path, *args: str, view_dir: str = "gen") -> Ran:
+    """`python stages/generate.py [-m] <args>` made in this process: the same plan, cells, view and summary, without
+    the seconds a new process spends importing torch. Warnings are printed as the stage prints them."""
+    import contextlib
+    import io
+    import logging
+
+    out, err, code, summary = io.StringIO(), io.StringIO(), 0, None
+    printed = logging.StreamHandler(err)
+    printed.setFormatter(logging.Formatter("[%(name)s][%(levelname)s] - %(message)s"))
+    package = logging.getLogger("inpaint_sweep")
+    level, package.level = package.level, logging.INFO
+    package.addHandler(printed)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            summary = sweep_here(tmp, prepared, model_cache, *[a for a in args if a != "-m"], view_dir=view_dir,
+                                 multirun="-m" in args)
+        except SystemExit as e:
+            code = e.code
+        finally:
+            package.removeHandler(printed)
+            package.setLevel(level)
+    if summary is not None and summary.failed:
+        code = 1
+    return Ran(code, out.getvalue(), err.getvalue(), summary)

@@ -15,14 +15,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run, stage_env
-from test_sweep import counts, view
+from conftest import generate_here, run, stage_env
+from conftest import counts, view
 
 GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=''",
         "model.size=64"]
 
 
 def generate(tmp, prepared, model_cache, *args, check=True, view_dir="gen", env=None, popen=False):
+    """The stage in this process; with `popen`, as a process of its own (to run beside another, or be interrupted)."""
+    if not popen and env is None:
+        flags = [a for a in args if a.startswith("-")]
+        ran = generate_here(tmp, prepared, model_cache, *flags, *GRID, *[a for a in args if a not in flags],
+                            view_dir=view_dir)
+        assert not check or ran.returncode == 0, ran.stdout + ran.stderr
+        return ran
     flags = [a for a in args if a.startswith("-")]  # -m first; the test's overrides after GRID, so they win
     cmd = ["python", "stages/generate.py", *flags, *GRID, *[a for a in args if a not in flags], f"paths.prepare={prepared}",
            f"paths.generate={tmp}/{view_dir}", f"paths.cell_store={tmp}/store",

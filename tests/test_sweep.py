@@ -16,7 +16,7 @@ from PIL import Image
 from inpaint_sweep.inpaint import inpaint
 from inpaint_sweep.masks import box_mask
 
-from conftest import run, stage_env
+from conftest import counts, run, stage_env, sweep_here, view
 
 FAST = ["steps=2", "strength=1.0", "negative_prompt=", "model.size=64"]
 FIXED_GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2",
@@ -28,16 +28,6 @@ def generate(tmp, prepared, model_cache, *args, check=True, env=None):
            f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra/multirun",
            f"hydra.run.dir={tmp}/gen/hydra/run", f"model.cache_dir={model_cache}"]
     return run(cmd, check=check, env=env)
-
-
-def counts(result) -> dict:
-    m = re.search(r"generate: (\d+) computed, (\d+) reused from the cell store, (\d+) failed", result.stdout)
-    assert m, result.stdout + result.stderr
-    return dict(zip(("computed", "reused", "failed"), map(int, m.groups())))
-
-
-def view(tmp) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(tmp, "gen", "cells").glob("*/record.json"))]
 
 
 def test_sweep_loads_once_reuses_cells_and_the_view_follows_the_grid(tmp_path, prepared, model_cache):

@@ -228,13 +228,41 @@ def run_batch(cfg: DictConfig) -> dict:
 
 def run_single(cfg: DictConfig) -> Summary:
     """`generate.py` without -m: one combination (the config's own settings), computed in this process."""
-    check_inputs([cfg])
+    return run_in_process([cfg])
+
+
+def run_in_process(configs: list[DictConfig]) -> Summary:
+    """Make the cells of these combinations' configs in this process, as a sweep does (tests, notebooks)."""
+    one_line_errors(check_inputs)(configs)
 
     def launch(todo: list[int]) -> None:
+        cfg = configs[0]
         with CellMaker(sweep_store(cfg), Path(cfg.paths.generate), sweep_id(), cfg.tracking) as maker:
-            maker.make([cfg])
+            maker.make([configs[i] for i in todo])
 
-    return one_line_errors(run_grid)(cfg, [cfg], launch)
+    return one_line_errors(run_grid)(configs[0], configs, launch)
+
+
+def compose_grid(overrides: list[str], multirun: bool = True) -> list[DictConfig]:
+    """The configs of the combinations `python stages/generate.py [-m] <overrides>` would make, composed with Hydra's
+    compose API (for tests and notebooks: no Hydra app, no job folders)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import CONFIG_DIR, CONFIG_NAME
+    from .grid import combinations
+
+    parsed = parse(overrides)
+    fixed = [o.input_line for o in parsed if o.is_hydra_override() or not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        master = compose(CONFIG_NAME, [o for o in fixed if o.startswith("hydra.")], return_hydra_config=True)
+        if not multirun:
+            return [compose(CONFIG_NAME, overrides)]
+        params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
+        task = [o.input_line for o in parsed if not o.is_hydra_override()]
+        combos = combinations(parse(params + task), master.hydra.sweeper.get("zip") or ())
+        compose_one = Composer(master, GlobalHydra.instance().config_loader())
+        return one_line_errors(lambda: [compose_one(c) for c in combos])()
 
 
 def sweep_store(cfg: DictConfig) -> CellStore:
