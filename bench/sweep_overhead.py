@@ -32,7 +32,7 @@ from PIL import Image
 from diffusers import AutoPipelineForInpainting
 from inpaint_sweep.config import load_config
 from inpaint_sweep.inpaint import working_size
-from inpaint_sweep.sweep import grid_values
+from inpaint_sweep.grid import grid_values
 from inpaint_sweep.tiny_model import ensure_tiny_checkpoint
 
 out = sys.argv[1]
