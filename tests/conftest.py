@@ -98,3 +98,15 @@ def shrunk_clone(dest: Path, grid: dict[str, str]) -> Path:
         assert n == 1, f"grid axis {axis} not found in params.yaml"
     (dest / "params.yaml").write_text(params)
     return dest
+
+
+def prepare_settings(**overrides) -> dict:
+    """masks.prepare's keyword arguments (mask.*) as params.yaml sets them, with `overrides`: the functions have no
+    defaults of their own, so a test states what it changes and takes the rest from the one config."""
+    from inpaint_sweep.config import load_config
+
+    m = load_config().mask
+    settings = dict(method=m.method, weights=m.weights, sam_weights=m.sam_weights, conf=m.conf, max_det=m.max_det,
+                    classes=list(m.classes), on_miss=m.on_miss, clip=m.clip_to_box, holes=m.fill_holes,
+                    min_area=m.min_area, overlay_alpha=m.overlay_alpha)
+    return {**settings, **overrides}
