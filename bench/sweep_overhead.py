@@ -40,7 +40,8 @@ cfg = load_config([f"model.cache_dir={sys.argv[2]}"])
 case = json.load(open(f"{cfg.paths.prepare}/cases.json"))[0]
 import yaml
 grid = grid_values(yaml.safe_load(open("params.yaml"))["hydra"]["sweeper"]["params"], [])
-pipe = AutoPipelineForInpainting.from_pretrained(ensure_tiny_checkpoint(cfg.model.cache_dir), use_safetensors=True)
+pipe = AutoPipelineForInpainting.from_pretrained(ensure_tiny_checkpoint(cfg.model.cache_dir, cfg.model.seed),
+                                                 use_safetensors=True)
 pipe.set_progress_bar_config(disable=True)
 image = Image.open(case["image"]).convert("RGB")
 mask = Image.open(case["mask"])

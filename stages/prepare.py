@@ -22,17 +22,17 @@ def main(overrides: list[str]) -> list[dict]:
     records = prepare(
         cases,
         cfg.paths.prepare,
-        m.method,
+        method=m.method,
         weights=m.weights,
+        sam_weights=m.sam_weights,
         conf=m.conf,
         max_det=m.max_det,
-        overlay_alpha=m.overlay_alpha,
-        sam_weights=m.sam_weights,
         classes=list(m.classes),
         on_miss=m.on_miss,
         clip=m.clip_to_box,
         holes=m.fill_holes,
         min_area=m.min_area,
+        overlay_alpha=m.overlay_alpha,
     )  # mask.dilate and mask.feather are generate's: applied to this base mask per cell (README "Masks")
     for r in records:
         found = f" {r['class'] or 'object'} {r['confidence']:.2f}" if r["confidence"] is not None else ""

@@ -8,23 +8,24 @@ import sys
 from pathlib import Path
 
 from inpaint_sweep import cli, tracking
-from inpaint_sweep.config import load_config
+from inpaint_sweep.config import check_report_config, load_config
 from inpaint_sweep.html_report import write_html
-from inpaint_sweep.report import build_report, check_report_settings, log_report_to_comet, metric_columns
+from inpaint_sweep.report import build_report, log_report_to_comet, metric_columns
 
 
 @cli.one_line_errors
 def main(overrides: list[str]) -> None:
     cfg = load_config(overrides)
     r, t = cfg.report, cfg.tracking
-    check_report_settings(r.rows, r.cols, r.cell_size, r.max_megapixels)
+    check_report_config(r)
     clip = None
     if r.clip_model:
         from inpaint_sweep.clip_score import load_clip
 
         clip = load_clip(r.clip_model)
     out = Path(cfg.paths.report)
-    report = build_report(Path(cfg.paths.generate) / "cells", out, r.rows, r.cols, r.cell_size, r.max_megapixels, clip)
+    report = build_report(Path(cfg.paths.generate) / "cells", out, rows=r.rows, cols=r.cols, cell_size=r.cell_size,
+                          max_megapixels=r.max_megapixels, clip=clip)
     rows, cols = report["rows"], report["cols"]  # null in the config: chosen among the axes that varied
     comet = None
     if t.comet and len(report["df"]):

@@ -168,3 +168,13 @@ def generate_here(tmp: Path, prepared: Path, model_cache: Path, *args: str, view
     if summary is not None and summary.failed:
         code = 1
     return Ran(code, out.getvalue(), err.getvalue(), summary)
+def prepare_settings(**overrides) -> dict:
+    """masks.prepare's keyword arguments (mask.*) as params.yaml sets them, with `overrides`: the functions have no
+    defaults of their own, so a test states what it changes and takes the rest from the one config."""
+    from inpaint_sweep.config import load_config
+
+    m = load_config().mask
+    settings = dict(method=m.method, weights=m.weights, sam_weights=m.sam_weights, conf=m.conf, max_det=m.max_det,
+                    classes=list(m.classes), on_miss=m.on_miss, clip=m.clip_to_box, holes=m.fill_holes,
+                    min_area=m.min_area, overlay_alpha=m.overlay_alpha)
+    return {**settings, **overrides}

@@ -16,7 +16,7 @@ from PIL import Image
 from inpaint_sweep.html_report import write_html
 from inpaint_sweep.report import build_report, metric_columns
 
-from test_report import fake_cells
+from test_report import fake_cells, report_settings
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -71,7 +71,8 @@ def page(tmp_path_factory):
     """A report of the default 24-cell grid with one failed cell, written as the report stage writes it."""
     root = tmp_path_factory.mktemp("browser")
     fake_cells(root / "generate", failed={(12.0, 0.75, 4, "cartoon")})
-    report = build_report(root / "generate" / "cells", root / "report", "guidance", "strength")
+    report = build_report(root / "generate" / "cells", root / "report",
+                          **report_settings(rows="guidance", cols="strength"))
     comet = "results/report/comet/0123456789abcdef.zip"
     return write_html(root / "report" / "index.html", report, metric_columns(report["df"]), "guidance", "strength",
                       comet), report

@@ -170,9 +170,103 @@ def test_help_follows_the_overrides_on_the_command_line():
     assert result.returncode == 2 and result.stderr.startswith("error: Could not override 'mask.methd'")
 
 
-def test_help_lists_what_dvc_yaml_says_each_stage_reads():
-    from inpaint_sweep.cli import STAGE_KEYS
+def test_help_shows_what_dvc_yaml_says_each_stage_reads():
+    """cli.stage_keys reads dvc.yaml's params of each stage (no second list): each is a key of the composed config,
+    so every stage's --help can show it."""
+    from omegaconf import OmegaConf
 
+    from inpaint_sweep.cli import stage_keys
+
+    cfg = load_config()
     for name, stage in DVC["stages"].items():
-        listed = {"model" if key == "defaults" else key for key in stage["params"]}  # defaults: the model preset
-        assert set(STAGE_KEYS[name]) == listed, name
+        keys = stage_keys(name)
+        assert keys == tuple("model" if key == "defaults" else key for key in stage["params"]), name
+        for key in (k for k in keys if not k.startswith("hydra.")):  # hydra.*: generate's --help test shows them
+            assert OmegaConf.select(cfg, key, default="absent") != "absent", f"{name} reads {key}, which is not set"
+
+
+def _schema_defaults(cls, prefix=""):
+    """(dotted key, default) of every leaf field of a schema dataclass, its sections (mask, model, ...) followed."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            yield from _schema_defaults(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            yield prefix + f.name, default
+
+
+def test_the_schema_holds_no_second_value_of_a_params_yaml_key():
+    """params.yaml is the one source of every value outside model.*: a schema field there is MISSING (`???`), or at
+    most equal to params.yaml's value. model.* is the exception: its defaults live in ModelConfig (params.yaml has no
+    model section; the presets set what differs), and --help reads their comments there."""
+    from omegaconf import MISSING
+
+    from inpaint_sweep.config import Config
+
+    assert "model" not in PARAMS
+    for key, default in _schema_defaults(Config):
+        if key.startswith("model."):
+            continue
+        node = PARAMS
+        for part in key.split("."):
+            assert part in node, f"the schema has {key}, which params.yaml does not set"
+            node = node[part]
+        assert default == MISSING or default == node, (
+            f"schema default {key}={default!r} differs from params.yaml's {node!r}; make it MISSING")
+
+
+def test_a_key_missing_from_params_yaml_is_an_error_not_a_schema_default(tmp_path):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    from inpaint_sweep.config import Config
+
+    schema = OmegaConf.structured(Config)
+    params = OmegaConf.create({k: v for k, v in PARAMS.items() if k not in ("defaults", "hydra")})
+    del params.mask["min_area"]
+    merged = OmegaConf.merge(schema, params)
+    with pytest.raises(MissingMandatoryValue):
+        merged.mask.min_area
+
+
+def test_model_presets_rely_on_the_schema_defaults_they_do_not_set():
+    """A preset sets a few keys; the rest come from ModelConfig's defaults (which is why those exist)."""
+    import dataclasses
+
+    from inpaint_sweep.config import ModelConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for preset in PRESETS:
+        written = yaml.safe_load((REPO_ROOT / "conf" / "model" / f"{preset}.yaml").read_text())
+        assert set(written) <= set(defaults), f"conf/model/{preset}.yaml sets keys the schema lacks"
+        cfg = load_config([f"model={preset}"]).model
+        for key in set(defaults) - set(written):
+            assert cfg[key] == defaults[key], (preset, key)
+
+
+def test_hand_kept_key_lists_name_real_keys():
+    """The few lists of config keys kept in code (not derived) name fields the schema has; a renamed field fails."""
+    import dataclasses
+
+    from inpaint_sweep.config import MODEL_PER_CALL, Config, ModelConfig
+    from inpaint_sweep.identity import FINGERPRINT_KEYS, NOT_IDENTITY
+
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(MODEL_PER_CALL) <= model_fields and set(FINGERPRINT_KEYS) <= model_fields
+    assert set(SWEEP_AXES) <= {f.name for f in dataclasses.fields(Config)}
+    keys = {"model." + k for k in model_fields} | dict(_schema_defaults(Config)).keys()
+    for key in NOT_IDENTITY:
+        assert key in keys or any(k.startswith(key + ".") for k in keys), f"NOT_IDENTITY names {key}, not a key"
+
+
+def test_identity_leaves_out_exactly_the_mask_keys_generate_does_not_read():
+    """dvc.yaml says which mask.* keys generate reads: those must change a cell's id, and prepare's others must not
+    (their result, the base mask file, is hashed instead)."""
+    from inpaint_sweep.identity import NOT_IDENTITY
+
+    generate = {k for k in DVC["stages"]["generate"]["params"] if k.startswith("mask.")}
+    every = {f"mask.{k}" for k in PARAMS["mask"]}
+    excluded = {k for k in every if k in NOT_IDENTITY or "mask" in NOT_IDENTITY}
+    assert excluded == every - generate

@@ -181,6 +181,32 @@ def test_pickle_checkpoint_is_refused_unless_opted_in(tmp_path):
         load_model(model_config("single_file", id=str(tmp_path / "model.ckpt"), cache_dir=str(tmp_path)))
 
 
+def test_single_file_pickle_config_and_loader_agree(tmp_path):
+    """A single file that is not .safetensors: the config check and the loader refuse it with the same sentence, and
+    both let it load once model.allow_unsafe_pickle=true (the key their messages name)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from inpaint_sweep.tiny_model import save_config_folder, save_single_file
+
+    pipe = build_tiny_pipeline(3)
+    config = save_config_folder(pipe, tmp_path / "config")
+    ckpt = tmp_path / "tiny.ckpt"  # the original layout, as a pickle: what model sharing sites used to publish
+    torch.save({"state_dict": load_file(save_single_file(pipe, tmp_path / "tiny.safetensors"))}, ckpt)
+    overrides = ["model=single_file", f"model.id={ckpt}", f"model.config={config}", "model.device=cpu"]
+    settings = dict(id=str(ckpt), config=str(config), cache_dir=str(tmp_path), channels_last=False)
+    with pytest.raises(ConfigError) as checked:
+        check_config(load_config(overrides))
+    with pytest.raises(ConfigError) as loading:
+        load_model(model_config("single_file", **settings))
+    assert str(checked.value) == str(loading.value)
+    assert "is not a .safetensors file" in str(checked.value) and "model.allow_unsafe_pickle=true" in str(checked.value)
+    check_config(load_config([*overrides, "model.allow_unsafe_pickle=true"]))
+    model = load_model(model_config("single_file", allow_unsafe_pickle=True, **settings))
+    ours, theirs = model.pipe.unet.state_dict(), pipe.unet.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def test_safety_checker_is_kept_unless_turned_off(tmp_path):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
@@ -269,3 +295,81 @@ def test_cells_logged_offline_are_uploaded_once_when_comet_is_reachable(tmp_path
                                   for p in sent)  # each stored archive, once: the second run sent nothing
     records = [json.loads(p.read_text()) for p in (tmp_path / "gen" / "cells").glob("*/record.json")]
     assert all(r["comet_uploaded"] for r in records)
+
+
+# Two kinds of error, two exit codes: a bad input (2) is fixed by changing it; a runtime condition (1) by waiting,
+# running the earlier stage or freeing space.
+import errno  # noqa: E402
+
+from inpaint_sweep.cli import one_line_errors  # noqa: E402
+from inpaint_sweep.config import RunError  # noqa: E402
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (ConfigError("steps must be >= 1, got steps=0"), 2, "error: steps must be >= 1, got steps=0"),
+    (RunError("another sweep (pid 1) is writing the view 'v'"), 1, "error: another sweep (pid 1) is writing the view 'v'"),
+    (OSError(errno.ENOSPC, "No space left on device", "results/x.png"), 1,
+     "error: no space left on the device writing 'results/x.png' (No space left on device); free some space and run "
+     "again"),
+])
+def test_bad_input_exits_2_and_a_run_error_exits_1_in_one_line(error, code, line, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    @one_line_errors
+    def stage():
+        raise error
+
+    with pytest.raises(SystemExit) as e:
+        stage()
+    assert e.value.code == code and capsys.readouterr().err == line + "\n"
+
+
+def test_another_os_error_keeps_its_traceback(monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    @one_line_errors
+    def stage():
+        raise PermissionError(errno.EACCES, "Permission denied", "x")
+
+    with pytest.raises(PermissionError):
+        stage()
+
+
+def test_a_held_view_lock_is_a_run_error(tmp_path):
+    from inpaint_sweep.store import ViewLock
+
+    first, second = ViewLock(tmp_path / "view"), ViewLock(tmp_path / "view")
+    first.acquire()
+    try:
+        with pytest.raises(RunError, match=r"another sweep \(pid \d+, started .*\) is writing the view"):
+            second.acquire()
+    finally:
+        first.release()
+    second.acquire()  # free again
+    second.release()
+
+
+def test_missing_or_unreadable_prepare_outputs_are_a_run_error(tmp_path):
+    from inpaint_sweep.records import load_prepared
+
+    with pytest.raises(RunError, match="no prepared cases at .*: run `dvc repro prepare`"):
+        load_prepared(tmp_path)
+    (tmp_path / "cases.json").write_text('[{"id": "a"}]')
+    with pytest.raises(RunError, match=r"are unreadable \(KeyError: 'image'\): run prepare again"):
+        load_prepared(tmp_path)
+
+
+def test_report_stage_exits_1_on_a_cut_off_cell_record(tmp_path, capsys, monkeypatch):
+    """The stage itself, in process: generate's output is broken (not the input), so exit code 1 and one line."""
+    import runpy
+
+    from inpaint_sweep.config import REPO_ROOT
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    (tmp_path / "cells" / "c-1").mkdir(parents=True)
+    (tmp_path / "cells" / "c-1" / "record.json").write_text('{"cell_id": "c-1", "sta')
+    stage = runpy.run_path(str(REPO_ROOT / "stages" / "report.py"))
+    with pytest.raises(SystemExit) as e:
+        stage["main"]([f"paths.generate={tmp_path}", f"paths.report={tmp_path / 'report'}", "tracking.comet=false"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: cell record ") and err.count("\n") == 1

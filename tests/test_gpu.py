@@ -15,7 +15,7 @@ from inpaint_sweep.config import model_config
 from inpaint_sweep.model import load_model
 from inpaint_sweep.tiny_model import build_tiny_sdxl_pipeline
 
-from conftest import run
+from conftest import prepare_settings, run
 
 pytestmark = [
     pytest.mark.gpu,
@@ -59,7 +59,7 @@ def test_stage_on_cuda_in_fp16(tmp_path):
     from inpaint_sweep.masks import prepare
 
     prep = tmp_path / "prep"
-    prepare(load_cases("data/cases.yaml"), prep, "box")
+    prepare(load_cases("data/cases.yaml"), prep, **prepare_settings(method="box"))
     records = []
     for attempt in ("a", "b"):
         gen = tmp_path / f"gen-{attempt}"

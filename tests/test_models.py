@@ -21,7 +21,7 @@ from inpaint_sweep.tiny_model import (
     save_single_file,
 )
 
-from conftest import run
+from conftest import prepare_settings, run
 
 CALL = dict(prompt="a realistic green dragon", negative_prompt="cartoon", steps=2, guidance=7.5, strength=1.0, size=64)
 
@@ -61,7 +61,9 @@ def outside_equal_inside_changed(photo, mask, out):
         (["model.cpu_threads=0"], "model.cpu_threads must be null or >= 1, got model.cpu_threads=0"),
         (["model.padding_mask_crop=-4"], "model.padding_mask_crop must be null or >= 0 pixels, got model.padding_mask_crop=-4"),
         (["model.offload=model", "model.device=cpu"], "model.offload=model moves models to a CUDA GPU in turn, got model.device=cpu"),
-        (["model=single_file", "model.id=/models/v1-5-inpainting.ckpt"], "loads a .safetensors file, got model.id='/models/v1-5-inpainting.ckpt'"),
+        (["model=single_file", "model.id=/models/v1-5-inpainting.ckpt"],
+         "model.id='/models/v1-5-inpainting.ckpt' is not a .safetensors file; pickle checkpoints (.ckpt/.bin) can run "
+         "arbitrary code when loaded: convert it, or set model.allow_unsafe_pickle=true"),
     ],
 )
 def test_bad_model_settings_are_named(overrides, words):
@@ -124,7 +126,7 @@ def test_tiny_sdxl_through_the_stage_with_a_scheduler_sweep(tmp_path, sdxl_folde
     from inpaint_sweep.masks import prepare
 
     prep, gen = tmp_path / "prep", tmp_path / "gen"
-    prepare(load_cases("data/cases.yaml"), prep, "box")  # in process: the box mask needs no stage start-up
+    prepare(load_cases("data/cases.yaml"), prep, **prepare_settings(method="box"))  # in process: no stage start-up
     result = run([
         "python", "stages/generate.py", "-m", "model=local", f"model.id={sdxl_folder}", "model.size=64",
         "model.scheduler=ddim,euler_a",

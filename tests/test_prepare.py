@@ -39,7 +39,14 @@ from inpaint_sweep.masks import (
     yolo_instances,
 )
 
-from conftest import run
+from conftest import prepare_settings, run
+
+
+def mask_settings(**overrides) -> dict:
+    """make_mask's keyword arguments as params.yaml sets them (every class allowed), with `overrides`."""
+    s = prepare_settings()
+    return {**dict(conf=s["conf"], max_det=s["max_det"], allowed=None, on_miss=s["on_miss"], holes=s["holes"],
+                   min_area=s["min_area"], clip=s["clip"]), **overrides}
 
 BUS = REPO_ROOT / "data" / "images" / "bus.jpg"
 BUS_BOX = (40, 390, 260, 910)
@@ -273,7 +280,7 @@ def test_feather_stays_inside_the_hard_mask_and_ramps_over_n_pixels():
 def test_geometric_masks_ignore_clean_up_and_stay_in_the_box(photo):
     case = Case("c1", BUS, (10, 20, 60, 70), "x", (100, 80))
     for method in ("box", "ellipse"):
-        mask, facts = make_mask(case, photo, method, dilate_px=8, holes=True, min_area=64)
+        mask, facts = make_mask(case, photo, method, None, **mask_settings(holes=True, min_area=64, clip=False))
         assert not (mask & ~box_mask((100, 80), case.box)).any()
         assert facts["method"] == facts["method_requested"] == method and facts["cleaned"] is False
 
@@ -304,17 +311,17 @@ def test_prepare_writes_files_per_case_a_table_and_a_contact_sheet(tmp_path, pho
         {"image": "photo.png", "box": [50, 5, 95, 40], "prompt": "y"},
     ]
     cases = load_cases(write_manifest(tmp_path, entries, photo))
-    records = prepare(cases, tmp_path / "out", "ellipse", feather=4)
+    records = prepare(cases, tmp_path / "out", **prepare_settings(method="ellipse"))
     for record, case in zip(records, cases):
         folder = tmp_path / "out" / case.id
         mask = np.asarray(Image.open(folder / "mask.png"))
-        soft = np.asarray(Image.open(folder / "soft_mask.png"))
         assert mask.shape == (80, 100) and set(np.unique(mask)) == {0, 255}
         assert not mask[~box_mask((100, 80), case.box)].any()
-        assert (soft[mask == 0] == 0).all() and soft.max() == 255 and 0 < soft[mask == 255].min() < 255
         assert Image.open(folder / "overlay.png").size == (100, 80)
         assert json.loads((folder / "record.json").read_text()) == record
-        assert record["soft_mask"] == str(folder / "soft_mask.png") and record["mask"] == str(folder / "mask.png")
+        assert record["mask"] == str(folder / "mask.png")
+        # The base mask only: each cell of generate dilates and feathers its own copy (mask.dilate, mask.feather).
+        assert record["soft_mask"] is None and not (folder / "soft_mask.png").exists()
         assert record["method"] == "ellipse" and record["mask_area"] == int((mask > 0).sum())
         assert 0.7 < record["iou_with_box"] < 0.85 and record["class"] is None
     assert records[1]["id"] == "photo_50_5_95_40"
@@ -323,9 +330,7 @@ def test_prepare_writes_files_per_case_a_table_and_a_contact_sheet(tmp_path, pho
     assert [r["id"] for r in rows] == ["c1", "photo_50_5_95_40"]
     assert rows[0]["x1"] == "10" and rows[0]["y2"] == "70" and rows[0]["mask_area"] == str(records[0]["mask_area"])
     assert Image.open(tmp_path / "out" / "contact_sheet.png").size[0] > 2 * 256
-    # feather=0: no soft mask file, and the record says so.
-    records = prepare(cases[:1], tmp_path / "hard", "box", feather=0)
-    assert records[0]["soft_mask"] is None and not (tmp_path / "hard" / "c1" / "soft_mask.png").exists()
+    records = prepare(cases[:1], tmp_path / "hard", **prepare_settings(method="box"))
     assert records[0]["mask_bounds"] == [10, 20, 60, 70] and records[0]["mask_area"] == 2500
 
 
@@ -358,11 +363,11 @@ def test_yolo_segmentation_offline_with_a_model_built_from_yaml(yolo_yaml):
     """The real Ultralytics predict path with random weights (built from yolov8n-seg.yaml: nothing downloaded)."""
     image = Image.open(BUS).convert("RGB")
     # Random weights score everything low: at conf 0 it returns instances, full size (retina masks).
-    found = yolo_instances(yolo_yaml, image, 0.0, max_det=20)
+    found = yolo_instances(yolo_yaml, image, conf=0.0, max_det=20)
     assert found.masks.shape[1:] == (1080, 810) and 0 < len(found.masks) <= 20
     assert found.classes is not None and set(found.classes) <= set(yolo_yaml.names)
     # The same seeded build finds the same instances.
-    again = yolo_instances(load_yolo("yolov8n-seg.yaml"), image, 0.0, max_det=20)
+    again = yolo_instances(load_yolo("yolov8n-seg.yaml"), image, conf=0.0, max_det=20)
     assert (again.masks == found.masks).all()
     # The class filter and the pick work on what the model really found.
     best, _ = pick_instance(found.masks, BUS_BOX, found.classes, None)
@@ -373,7 +378,7 @@ def test_yolo_segmentation_offline_with_a_model_built_from_yaml(yolo_yaml):
     # At a normal threshold it finds nothing and says so, naming the case and the box.
     case = Case("bus", BUS, BUS_BOX, "x", (810, 1080))
     with pytest.raises(ConfigError, match=r"case 'bus': yolo found no instance .*box=\[40, 390, 260, 910\]"):
-        make_mask(case, image, "yolo", yolo_yaml, 0.25, max_det=20)
+        make_mask(case, image, "yolo", yolo_yaml, **mask_settings(conf=0.25, max_det=20, on_miss="error"))
 
 
 def test_prepare_stage_many_cases_with_yolo_offline(tmp_path, capsys):
@@ -439,17 +444,18 @@ def test_sam_is_prompted_with_the_box_and_its_mask_is_cleaned(mobile_sam_file, m
 
     monkeypatch.setattr(model, "predict", predict)
     case = Case("bus_person", BUS, BUS_BOX, "x", (810, 1080))
-    mask, facts = make_mask(case, image, "sam", model, 0.25, None, "error", dilate_px=5, holes=True, min_area=64)
+    mask, facts = make_mask(case, image, "sam", model, **mask_settings(conf=0.25, on_miss="error", holes=True,
+                                                                        min_area=64, clip=False))
     # What SAM was given: the photo as OpenCV reads it (BGR, full size), the box as the one prompt, the threshold.
     assert seen["bboxes"] == [list(BUS_BOX)] and seen["conf"] == 0.25 and not seen["kwargs"]
     assert seen["source"].shape == (1080, 810, 3) and (seen["source"][..., ::-1] == np.asarray(image)).all()
     assert facts["method"] == "sam" and facts["class"] is None and facts["confidence"] == 0.93
-    expected = dilate(answer[0].numpy() | box_mask((810, 1080), (100, 500, 120, 520)), 5)
+    expected = answer[0].numpy() | box_mask((810, 1080), (100, 500, 120, 520))  # the hole filled, nothing grown
     assert (mask == expected).all()
     # SAM returning nothing is a miss like YOLO's.
     monkeypatch.setattr(model, "predict", lambda source, **kw: [Results(source, "image0.jpg", {}, masks=None)])
     with pytest.raises(ConfigError, match="case 'bus_person': sam found no instance with confidence >= 0.25"):
-        make_mask(case, image, "sam", model, 0.25)
+        make_mask(case, image, "sam", model, **mask_settings(conf=0.25, on_miss="error"))
 
 
 @pytest.mark.slow
@@ -465,7 +471,7 @@ def test_sam_predict_runs_for_real(mobile_sam_file):
     assert found.masks.shape[1:] == (1080, 810) and len(found.masks) <= 1 and found.classes is None
     assert len(found.confidences) == len(found.masks)
     case = Case("bus_person", BUS, BUS_BOX, "x", (810, 1080))
-    mask, facts = make_mask(case, image, "sam", model, 0.0, None, "box")
+    mask, facts = make_mask(case, image, "sam", model, **mask_settings(conf=0.0, on_miss="box"))
     if len(found.masks):  # a real mask came back: it is used
         assert facts["method"] == "sam" and mask.any()
     else:

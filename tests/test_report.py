@@ -11,15 +11,22 @@ import pytest
 import yaml
 from PIL import Image
 
-from inpaint_sweep.config import REPO_ROOT, ConfigError
+from inpaint_sweep.config import REPO_ROOT, ConfigError, RunError, check_report_config, load_config
 from inpaint_sweep.grids import labelled_grid
 from inpaint_sweep.images import save_image, to_mask_image, write_json
-from inpaint_sweep.report import PLOT_METRICS, build_report, check_report_settings
+from inpaint_sweep.report import AUTO_GRID, PLOT_METRICS, build_report
 
 from conftest import run, stage_env
 
 # 3 guidance x 2 strength x 2 steps x 2 negative prompts: the default grid of params.yaml.
 GRID = {"guidance": (5.0, 7.5, 12.0), "strength": (0.75, 1.0), "steps": (4, 8), "negative_prompt": ("", "cartoon")}
+
+
+def report_settings(**overrides) -> dict:
+    """build_report's keyword arguments (report.*) as params.yaml sets them, no CLIP model, with `overrides`."""
+    r = load_config().report
+    return {"rows": r.rows, "cols": r.cols, "cell_size": r.cell_size, "max_megapixels": r.max_megapixels,
+            "clip": None, **overrides}
 
 
 def fake_cells(root, grid=GRID, seeds=(0,), failed=(), same_pixels=False):
@@ -59,7 +66,7 @@ def fake_cells(root, grid=GRID, seeds=(0,), failed=(), same_pixels=False):
 
 def test_report_tables_metrics_plots_and_grids(tmp_path):
     n = fake_cells(tmp_path, failed={(7.5, 1.0, 8, "")})
-    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength")
+    report = build_report(tmp_path / "cells", tmp_path / "report", **report_settings(rows="guidance", cols="strength"))
     out = tmp_path / "report"
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == n == 24  # a row per image
@@ -99,8 +106,8 @@ def test_report_tables_metrics_plots_and_grids(tmp_path):
 
 def test_stale_grids_of_an_earlier_sweep_are_removed(tmp_path):
     fake_cells(tmp_path)
-    build_report(tmp_path / "cells", tmp_path / "report", "guidance", "strength")
-    build_report(tmp_path / "cells", tmp_path / "report", "guidance", "steps")
+    build_report(tmp_path / "cells", tmp_path / "report", **report_settings(rows="guidance", cols="strength"))
+    build_report(tmp_path / "cells", tmp_path / "report", **report_settings(rows="guidance", cols="steps"))
     names = sorted(g.name for g in (tmp_path / "report" / "grids").glob("*.png"))
     assert names == ["case__strength=0.75__negative_prompt=cartoon.png",
                      "case__strength=0.75__negative_prompt=none.png",
@@ -111,7 +118,8 @@ def test_stale_grids_of_an_earlier_sweep_are_removed(tmp_path):
 def test_diversity_across_seeds(tmp_path):
     grid = {"guidance": (5.0, 7.5), "strength": (1.0,), "steps": (4,), "negative_prompt": ("",)}
     fake_cells(tmp_path / "a", grid, seeds=(0, 1, 2))
-    report = build_report(tmp_path / "a" / "cells", tmp_path / "a" / "report", "guidance", "seed")
+    report = build_report(tmp_path / "a" / "cells", tmp_path / "a" / "report",
+                          **report_settings(rows="guidance", cols="seed"))
     runs = report["df"]
     assert len(runs) == 6 and runs["diversity"].nunique() == 2  # one value per cell, shared by its 3 seeds
     # Uniform random bytes: the mean |a - b| of two independent images is about 1/3 of the range.
@@ -119,13 +127,14 @@ def test_diversity_across_seeds(tmp_path):
     assert report["grids"] == 1 and report["grid_files"][0]["cells"] == 6  # guidance x seed
     # Seed not on the grid: one grid per seed, and diversity still sees every seed of a cell.
     fake_cells(tmp_path / "b", {**grid, "strength": (0.75, 1.0)}, seeds=(0, 1), same_pixels=True)
-    same = build_report(tmp_path / "b" / "cells", tmp_path / "b" / "report")
+    same = build_report(tmp_path / "b" / "cells", tmp_path / "b" / "report", **report_settings())
     assert (same["rows"], same["cols"], same["grids"]) == ("guidance", "strength", 2)
     assert (same["df"]["diversity"] == 0).all()
     # One seed per cell: diversity is unmeasured, not zero, and stays out of the DVC metrics.
     fake_cells(tmp_path / "c", grid)
-    single = build_report(tmp_path / "c" / "cells", tmp_path / "c" / "report")
+    single = build_report(tmp_path / "c" / "cells", tmp_path / "c" / "report", **report_settings())
     assert single["df"]["diversity"].isna().all() and "diversity" not in single["mean"]
+    assert (single["rows"], single["cols"]) == ("guidance", None)  # one axis varied: it is not also the columns
 
 
 def _ink(region: Image.Image) -> int:
@@ -170,8 +179,8 @@ def test_grid_shows_input_and_mask_beside_it():
 
 def test_a_grid_over_the_megapixel_cap_is_split_into_parts_not_shrunk(tmp_path):
     fake_cells(tmp_path, {**GRID, "steps": (4,), "negative_prompt": ("",)})
-    report = build_report(tmp_path / "cells", tmp_path / "capped", "guidance", "strength", cell_size=1200,
-                          max_megapixels=12)
+    report = build_report(tmp_path / "cells", tmp_path / "capped",
+                          **report_settings(rows="guidance", cols="strength", cell_size=1200, max_megapixels=12))
     parts = report["grid_files"]
     assert len(parts) > 1 and sum(g["cells"] for g in parts) == 6  # every cell drawn once, at full size
     for g in parts:
@@ -179,19 +188,45 @@ def test_a_grid_over_the_megapixel_cap_is_split_into_parts_not_shrunk(tmp_path):
         with Image.open(g["path"]) as im:
             assert im.width * im.height <= 12e6
     with pytest.raises(ConfigError, match="report.max_megapixels=0.001 is too small for one cell"):
-        build_report(tmp_path / "cells", tmp_path / "tiny", "guidance", "strength", max_megapixels=0.001)
+        build_report(tmp_path / "cells", tmp_path / "tiny",
+                     **report_settings(rows="guidance", cols="strength", max_megapixels=0.001))
 
 
-@pytest.mark.parametrize("args, words", [
-    (("seed", "seed", 256, 16), "report.rows and report.cols must differ, both are 'seed'"),
-    (("guidance", "strength", 4, 16), "report.cell_size must be >= 16 pixels, got report.cell_size=4"),
-    (("guidance", "strength", 256, 0), "report.max_megapixels must be in (0, 89], got report.max_megapixels=0"),
-    (("guidance", "strength", 256, 500), "got report.max_megapixels=500"),
+@pytest.mark.parametrize("overrides, words", [
+    (["report.rows=seed", "report.cols=seed"], "report.rows and report.cols must differ, both are 'seed'"),
+    (["report.cell_size=4"], "report.cell_size must be >= 16 pixels, got report.cell_size=4"),
+    (["report.max_megapixels=0"], "report.max_megapixels must be in (0, 89], got report.max_megapixels=0"),
+    (["report.max_megapixels=500"], "got report.max_megapixels=500"),
 ])
-def test_bad_report_settings_are_named(args, words):
+def test_bad_report_settings_are_named(overrides, words):
+    check_report_config(load_config().report)  # params.yaml's own values pass
     with pytest.raises(ConfigError) as e:
-        check_report_settings(*args)
+        check_report_config(load_config(overrides).report)
     assert words in str(e.value)
+
+
+def test_two_names_of_one_axis_are_refused_as_rows_and_cols(tmp_path):
+    config_cells(tmp_path, [{"model.scheduler": s, "guidance": g} for s in ("ddim", "euler") for g in (5.0, 7.5)])
+    with pytest.raises(ConfigError, match="report.rows='scheduler' and report.cols='model.scheduler' are the same "
+                                          "axis, model.scheduler"):
+        build_report(tmp_path / "cells", tmp_path / "report", **report_settings(rows="scheduler",
+                                                                                 cols="model.scheduler"))
+
+
+def test_an_unreadable_cell_record_is_a_run_error(tmp_path):
+    fake_cells(tmp_path, {**GRID, "steps": (4,), "negative_prompt": ("",)})
+    next((tmp_path / "cells").glob("*/record.json")).write_text("{cut off")
+    with pytest.raises(RunError, match="is not valid JSON .*: run generate again"):
+        build_report(tmp_path / "cells", tmp_path / "report", **report_settings())
+
+
+def test_params_yaml_describes_the_automatic_rows_and_cols():
+    """report.rows / report.cols null pick AUTO_GRID's axes first: params.yaml's comments on them say which."""
+    from inpaint_sweep.cli import key_comments
+
+    comments = key_comments((REPO_ROOT / "params.yaml").read_text())
+    for key, axis in zip(("report.rows", "report.cols"), AUTO_GRID):
+        assert f"null = {axis} if it varied" in comments[key][1], key
 
 
 def test_report_stage_rejects_a_key_that_did_not_vary(tmp_path):
@@ -251,7 +286,7 @@ def test_dvc_plots_show_renders_the_report(tmp_path):
     run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path)
     report_dir = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["paths"]["report"]
     fake_cells(tmp_path / "gen")
-    build_report(tmp_path / "gen" / "cells", tmp_path / report_dir, "guidance", "strength")
+    build_report(tmp_path / "gen" / "cells", tmp_path / report_dir, **report_settings(rows="guidance", cols="strength"))
     shown = json.loads(run(["dvc", "plots", "show", "--json"], cwd=tmp_path).stdout)
     assert not shown.get("errors")
     data = shown["data"]
@@ -295,7 +330,7 @@ def test_clip_score_with_a_tiny_offline_clip(tmp_path, tiny_clip):
     clip = load_clip(str(tiny_clip))
     grid = {"guidance": (5.0, 7.5), "strength": (1.0,), "steps": (4,), "negative_prompt": ("",)}
     fake_cells(tmp_path, grid, seeds=(0, 1))
-    report = build_report(tmp_path / "cells", tmp_path / "report", clip=clip)
+    report = build_report(tmp_path / "cells", tmp_path / "report", **report_settings(clip=clip))
     scores = report["df"]["clip_score"]
     assert len(scores) == 4 and scores.between(0, 100).all()
     assert "clip_score" in report["mean"] and report["best"]["clip_score"]["better"] == "higher"
@@ -364,7 +399,8 @@ def test_the_report_follows_any_swept_key_scheduler_x_guidance(tmp_path):
     """A scheduler sweep (one value the checkpoint's own: null) x guidance: no two cells share a grid position."""
     grid = [{"model.scheduler": s, "guidance": g} for s in (None, "euler_a", "dpmpp_2m") for g in (5.0, 7.5)]
     n = config_cells(tmp_path, grid)
-    report = build_report(tmp_path / "cells", tmp_path / "report", rows="scheduler")  # the last part is enough
+    report = build_report(tmp_path / "cells", tmp_path / "report",
+                          **report_settings(rows="scheduler"))  # the last part is enough
     assert report["axes"] == ["guidance", "model.scheduler"]
     assert (report["rows"], report["cols"]) == ("model.scheduler", "guidance")
     assert report["grids"] == 1 and sum(g["cells"] for g in report["grid_files"]) == n == 6  # drawn cells == cells
@@ -379,26 +415,29 @@ def test_the_report_follows_any_swept_key_scheduler_x_guidance(tmp_path):
     # Keys that always change together are one axis; either name picks it.
     twins = [{"model.name": m, "model.id": f"/models/{m}", "guidance": g} for m in ("a", "b") for g in (5.0, 7.5)]
     config_cells(tmp_path / "twins", twins)
-    report = build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", rows="model.id")
+    report = build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report",
+                          **report_settings(rows="model.id"))
     assert report["axes"] == ["guidance", "model.id"] and report["twins"]["model.id"] == ["model.name"]
     assert report["rows"] == "model.id" and sum(g["cells"] for g in report["grid_files"]) == 4
     with pytest.raises(ConfigError, match=r"report.cols='mask.dilate' did not vary in this sweep; choose one of "
                                           r"the axes that did \(guidance, model.id\)"):
-        build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", cols="mask.dilate")
+        build_report(tmp_path / "twins" / "cells", tmp_path / "twins" / "report", **report_settings(cols="mask.dilate"))
 
 
 def test_three_swept_keys_slice_the_grids_and_records_without_config_still_read(tmp_path):
     grid = [{"mask.dilate": d, "model.scheduler": s, "guidance": g}
             for d in (4, 8) for s in ("euler", "ddim") for g in (5.0, 7.5)]
     n = config_cells(tmp_path, grid)
-    report = build_report(tmp_path / "cells", tmp_path / "report", "guidance", "mask.dilate")
+    report = build_report(tmp_path / "cells", tmp_path / "report",
+                          **report_settings(rows="guidance", cols="mask.dilate"))
     assert [g["path"].name for g in report["grid_files"]] == ["case__model.scheduler=ddim.png",
                                                               "case__model.scheduler=euler.png"]
     assert sum(g["cells"] for g in report["grid_files"]) == n
     # Today's records (no `config`): the top-level fields are read under the same names.
     old = [{"model.scheduler": s, "guidance": g} for s in ("euler", None) for g in (5.0, 7.5)]
     config_cells(tmp_path / "old", old, with_config=False)
-    report = build_report(tmp_path / "old" / "cells", tmp_path / "old" / "report", "scheduler", "guidance")
+    report = build_report(tmp_path / "old" / "cells", tmp_path / "old" / "report",
+                          **report_settings(rows="scheduler", cols="guidance"))
     assert report["axes"] == ["guidance", "model.scheduler"] and sum(g["cells"] for g in report["grid_files"]) == 4
 
 
@@ -406,7 +445,7 @@ def test_a_long_prompt_is_short_on_the_margin_and_whole_in_the_table(tmp_path):
     from inpaint_sweep.grids import short
 
     config_cells(tmp_path, [{"prompt": p, "guidance": g} for p in ("a fox", LONG_PROMPT) for g in (5.0, 7.5)])
-    report = build_report(tmp_path / "cells", tmp_path / "report", "prompt", "guidance")
+    report = build_report(tmp_path / "cells", tmp_path / "report", **report_settings(rows="prompt", cols="guidance"))
     assert report["rows"] == "prompt"
     label = short(LONG_PROMPT)
     assert len(label) <= 28 and label.startswith("a realistic") and "..." in label
@@ -416,7 +455,8 @@ def test_a_long_prompt_is_short_on_the_margin_and_whole_in_the_table(tmp_path):
 
     html = render(report, ["seconds"], "prompt", "guidance", None)
     assert LONG_PROMPT in html and f"prompt = {label}" not in html  # whole in the table's data; charts shorten it
-    wide = build_report(tmp_path / "cells", tmp_path / "wide", "guidance", "prompt")["grid_files"][0]
+    wide = build_report(tmp_path / "cells", tmp_path / "wide",
+                        **report_settings(rows="guidance", cols="prompt"))["grid_files"][0]
     assert wide["size"][0] < 1400  # the long label did not widen the grid
 
 

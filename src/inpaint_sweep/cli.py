@@ -1,14 +1,19 @@
-"""Stage entry points report a bad input as one line and exit 2; HYDRA_FULL_ERROR=1 shows the traceback instead."""
+"""Stage entry points report an error as one line and an exit code: 2 for a bad input (ConfigError, and Hydra's and
+OmegaConf's config errors), 1 for a runtime condition (RunError: a held view lock, missing prepare outputs, a full
+disk). HYDRA_FULL_ERROR=1 shows the traceback instead."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
 
-from .config import ConfigError
+from .errors import ConfigError, RunError
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # change the input
+EXIT_RUN_FAILED = 1  # the input is fine; the run could not finish here and now
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _config_exceptions() -> tuple[type[BaseException], ...]:
@@ -18,22 +23,38 @@ def _config_exceptions() -> tuple[type[BaseException], ...]:
     return ConfigError, HydraException, OmegaConfBaseException
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code)
+
+
+def disk_full(error: OSError) -> RunError:
+    """A full disk (or quota) as a RunError naming the file that could not be written."""
+    where = f" writing {error.filename!r}" if error.filename else ""
+    return RunError(f"no space left on the device{where} ({error.strerror or error}); free some space and run again")
 
 
 def one_line_errors(func):
-    """Turn ConfigError (and Hydra/OmegaConf config errors) into `error: <sentence>` and exit code 2."""
+    """Turn ConfigError (and Hydra/OmegaConf config errors) into `error: <sentence>` and exit code 2, RunError and a
+    full disk into `error: <sentence>` and exit code 1."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        full = os.environ.get("HYDRA_FULL_ERROR") == "1"
         try:
             return func(*args, **kwargs)
         except _config_exceptions() as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if full:
                 raise
-            fail(" ".join(str(e).split()))
+            fail(" ".join(str(e).split()), EXIT_BAD_INPUT)
+        except RunError as e:
+            if full:
+                raise
+            fail(" ".join(str(e).split()), EXIT_RUN_FAILED)
+        except OSError as e:
+            if full or e.errno not in DISK_FULL:
+                raise
+            fail(" ".join(str(disk_full(e)).split()), EXIT_RUN_FAILED)
 
     return wrapper
 
@@ -44,15 +65,18 @@ def one_line_errors(func):
 # comments are read from those files, so help can never drift from them.
 
 HELP_FLAGS = ("--help", "-h")
-STAGE_KEYS = {  # what each stage reads (dvc.yaml's params of the stage; a test checks they agree)
-    "prepare": ("cases", "mask.method", "mask.weights", "mask.sam_weights", "mask.conf", "mask.max_det",
-                "mask.classes", "mask.on_miss", "mask.clip_to_box", "mask.fill_holes", "mask.min_area",
-                "mask.overlay_alpha", "paths.prepare"),
-    "generate": ("steps", "guidance", "strength", "prompt", "prompt_sr", "negative_prompt", "seed", "mask.dilate",
-                 "mask.feather", "mask.clip_to_box", "model", "tracking", "paths.prepare",
-                 "paths.generate", "paths.cell_store", "hydra.sweeper"),
-    "report": ("report", "tracking", "paths.generate", "paths.report"),
-}
+
+
+@functools.lru_cache(maxsize=None)
+def stage_keys(stage: str) -> tuple[str, ...]:
+    """The config keys a stage reads: dvc.yaml's `params` of the stage (`defaults`, the defaults list that picks the
+    model preset, shown as `model`: the preset's values)."""
+    import yaml
+
+    from .config import REPO_ROOT
+
+    stage_params = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["params"]
+    return tuple("model" if key == "defaults" else key for key in stage_params)
 
 
 def help_requested(argv: list[str]) -> bool:
@@ -218,7 +242,7 @@ def stage_help(stage: str, cfg) -> str:
                 "model": ([], "the preset's values: model=<preset> picks one, model.<key>=... sets a key")}
     lines = [doc.strip(), "", "Keys it reads: current value (params.yaml, then this command line's key=value overrides)",
              "and the comment written where the key is defined. Set any of them as shown: key=value", ""]
-    lines += _render(_flatten(_subtree(cfg, STAGE_KEYS[stage]), comments))
+    lines += _render(_flatten(_subtree(cfg, stage_keys(stage)), comments))
     if stage == "generate":
         lines += [""] + _groups(cfg)
         lines += ["", "Hydra's own flags (--cfg job, --info, --multirun, ...): python stages/generate.py --hydra-help"]

@@ -6,6 +6,9 @@ give it types (registered as `schema`, the first entry of its defaults list); th
 Hydra's primary config folder is conf/ (config groups only), and params.yaml itself is registered here in Hydra's
 ConfigStore as the primary config `params`: with the repository root as the folder, Hydra would scan every folder in
 it (.venv, results, .cache) on each --help and list them as config groups (README "The config").
+
+Every check of a config value lives here (check_config and the check_*_config functions it calls, check_report_config
+for the report stage); the stages call them once, at the start, and trust the values afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .errors import ConfigError, RunError  # noqa: F401  (importable from here: `from .config import ConfigError`)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "conf"  # Hydra's primary config folder: config groups only (model, hydra/*)
@@ -31,17 +36,16 @@ MASK_ON_MISS = ("error", "box")
 MODEL_PER_CALL = ("name", "scheduler", "size", "padding_mask_crop")
 
 
-class ConfigError(ValueError):
-    """A bad value in the config or the manifest: reported as one line, exit code 2."""
-
-
 @dataclass
 class ModelConfig:
-    """A model preset (conf/model/<name>.yaml). The defaults are what a user with one CUDA GPU would choose."""
+    """A model preset (conf/model/<name>.yaml). The defaults are what a user with one CUDA GPU would choose.
+
+    Unlike the other sections, model.* has its defaults here, not in params.yaml: a preset sets only what differs from
+    them (the comment beside each field is what --help shows for it). params.yaml has no model: section."""
 
     name: str = MISSING  # the preset's name: in every cell record and the Comet tag model:<name>
-    source: str = MISSING  # tiny (built in) | pretrained (hub id or local folder) | single_file (one .safetensors)
-    id: Optional[str] = None  # hub id, local diffusers folder, or (single_file) the .safetensors path
+    source: str = MISSING  # tiny (built in) | pretrained (hub id or local folder) | single_file (one checkpoint file)
+    id: Optional[str] = None  # hub id, local diffusers folder, or (single_file) the .safetensors file
     revision: Optional[str] = None  # hub branch, tag or commit; recorded in every cell record
     variant: Optional[str] = None  # weights file variant, e.g. fp16 (half the download); null = the full weights
     config: Optional[str] = None  # single_file: local diffusers folder with the component configs (offline); null = hub
@@ -59,37 +63,41 @@ class ModelConfig:
     offload: str = "none"  # none | model (whole models to the GPU in turn) | sequential (layer by layer; slowest)
     vae_tiling: bool = False  # decode in overlapping tiles: big images on small GPUs (seams possible)
     vae_slicing: bool = False  # decode a batch one image at a time: less peak memory for several seeds per call
-    allow_unsafe_pickle: bool = False  # true lets a .bin/.ckpt (pickle) checkpoint load: it can RUN ANY CODE it holds
+    allow_unsafe_pickle: bool = False  # true lets pickle weights (.bin/.ckpt) load: they can RUN ANY CODE they hold
     safety_checker: bool = True  # keep the checkpoint's NSFW safety checker (SD 1.x); false drops it explicitly
     seed: int = 0  # tiny: seed of the random weights
     cache_dir: str = ".cache/models"  # tiny: where the built checkpoint is saved
 
 
+# Every key outside model.* gets its value from params.yaml only: the schema gives it a type and MISSING (`???`), so a
+# key deleted from params.yaml is an error, not a silent second default (tests/test_config.py checks).
+
+
 @dataclass
 class MaskConfig:
-    method: str = "box"  # box | ellipse | yolo | sam
-    weights: str = "yolov8n-seg.pt"
-    sam_weights: str = "mobile_sam.pt"
-    conf: float = 0.25
-    max_det: int = 100
-    classes: List[str] = field(default_factory=list)  # names or ids (as text); empty = every class
-    on_miss: str = "error"  # error | box
-    clip_to_box: bool = False
-    dilate: int = 8
-    fill_holes: bool = True
-    min_area: int = 64
-    feather: int = 6
-    overlay_alpha: float = 0.45
+    method: str = MISSING
+    weights: str = MISSING
+    sam_weights: str = MISSING
+    conf: float = MISSING
+    max_det: int = MISSING
+    classes: List[str] = MISSING  # names or ids (as text); empty = every class
+    on_miss: str = MISSING
+    clip_to_box: bool = MISSING
+    dilate: int = MISSING
+    fill_holes: bool = MISSING
+    min_area: int = MISSING
+    feather: int = MISSING
+    overlay_alpha: float = MISSING
 
 
 @dataclass
 class TrackingConfig:
-    comet: bool = True
-    project: str = "inpaint-sweep"
-    workspace: Optional[str] = None
-    offline: bool = False
-    image_format: str = "jpeg"  # jpeg | webp | png: the output pictures sent to Comet (the store keeps full PNGs)
-    image_max_pixels: Optional[int] = 1_000_000  # their size cap in pixels (aspect kept); null = full size
+    comet: bool = MISSING
+    project: str = MISSING
+    workspace: Optional[str] = MISSING
+    offline: bool = MISSING
+    image_format: str = MISSING
+    image_max_pixels: Optional[int] = MISSING
 
 
 @dataclass
@@ -102,11 +110,11 @@ class PathsConfig:
 
 @dataclass
 class ReportConfig:
-    rows: Optional[str] = None  # any setting that varied; null = chosen (report.AUTO_GRID)
-    cols: Optional[str] = None
-    cell_size: int = 256
-    max_megapixels: float = 16.0
-    clip_model: Optional[str] = None
+    rows: Optional[str] = MISSING
+    cols: Optional[str] = MISSING
+    cell_size: int = MISSING
+    max_megapixels: float = MISSING
+    clip_model: Optional[str] = MISSING
 
 
 @dataclass
@@ -116,11 +124,11 @@ class Config:
     steps: int = MISSING
     guidance: float = MISSING
     strength: float = MISSING
-    prompt: Optional[str] = None  # null = each case's own prompt
-    prompt_sr: List[str] = field(default_factory=list)  # [find, a, b, ...]: one cell per value, replacing find
-    negative_prompt: str = ""
-    seed: Any = 0  # an int, or a list of ints for several images per cell (checked in check_config)
-    batch: Optional[str] = None  # set by the grid sweeper: the combinations one Hydra job makes
+    prompt: Optional[str] = MISSING
+    prompt_sr: List[str] = MISSING
+    negative_prompt: str = MISSING
+    seed: Any = MISSING  # an int, or a list of ints for several images per cell (checked in check_config)
+    batch: Optional[str] = MISSING  # set by the grid sweeper: the combinations one Hydra job makes
     mask: MaskConfig = field(default_factory=MaskConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -196,8 +204,7 @@ def check_model_config(model: Any) -> None:
     if model.source in ("pretrained", "single_file") and not model.id:
         what = "a .safetensors file" if model.source == "single_file" else "a hub id or a local folder"
         raise ConfigError(f"model.id is required for model.source={model.source}: {what}, e.g. model.id=/path/to/it")
-    if model.source == "single_file" and not str(model.id).endswith(".safetensors"):
-        raise ConfigError(f"model.source=single_file loads a .safetensors file, got model.id={model.id!r}")
+    check_pickle_allowed(model)
     if model.vae_upcast is not None and not _is_sdxl(model):
         raise ConfigError(f"model.vae_upcast={model.vae_upcast} needs an SDXL checkpoint (diffusers upcasts only its "
                           f"VAE), got model.{'source=tiny' if model.source == 'tiny' else f'id={model.id!r}'}; "
@@ -206,6 +213,17 @@ def check_model_config(model: Any) -> None:
         raise ConfigError(f"model.device={device} but this machine has no such CUDA device; use model.device=auto or cpu")
     if device == "mps" and not _mps_available():
         raise ConfigError("model.device=mps but this machine has no Apple GPU (MPS); use model.device=auto or cpu")
+
+
+def check_pickle_allowed(model: Any) -> None:
+    """model.source=single_file: a file that is not .safetensors is a pickle (.ckpt/.bin), which runs any code it holds
+    when loaded; refused unless model.allow_unsafe_pickle=true. (A pretrained folder's pickle weights are refused by
+    the load itself: diffusers is asked for safetensors only.) load_model calls this too, just before the load."""
+    if model.source == "single_file" and Path(str(model.id)).suffix != ".safetensors" and not model.allow_unsafe_pickle:
+        raise ConfigError(
+            f"model.id={model.id!r} is not a .safetensors file; pickle checkpoints (.ckpt/.bin) can run arbitrary code "
+            "when loaded: convert it, or set model.allow_unsafe_pickle=true if you trust its source"
+        )
 
 
 def _is_sdxl(model: Any) -> bool:
@@ -285,6 +303,23 @@ def check_mask_config(mask: Any) -> None:
         raise ConfigError(
             f"mask.classes filters YOLO classes and SAM has none; got mask.classes={classes} with mask.method=sam"
         )
+
+
+def check_report_config(report: Any) -> None:
+    """Raise ConfigError naming the first bad report.* value that can be judged before reading the cells (whether
+    rows and cols name axes that varied is known only then: report.grid_axes)."""
+    from PIL import Image
+
+    # Pillow refuses to open an image over 2 x MAX_IMAGE_PIXELS and warns above it: grids stay under, so anyone can
+    # open them.
+    most = Image.MAX_IMAGE_PIXELS / 1e6
+    if report.rows is not None and report.rows == report.cols:
+        raise ConfigError(f"report.rows and report.cols must differ, both are {report.rows!r}")
+    if report.cell_size < 16:
+        raise ConfigError(f"report.cell_size must be >= 16 pixels, got report.cell_size={report.cell_size}")
+    if not 0 < report.max_megapixels <= most:
+        raise ConfigError(f"report.max_megapixels must be in (0, {most:.0f}], got "
+                          f"report.max_megapixels={report.max_megapixels:g}")
 
 
 def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

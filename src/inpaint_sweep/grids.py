@@ -125,7 +125,7 @@ def axis_labels(axis: str | None, values: list) -> list[str]:
 
 
 def labelled_grid(cells: dict, row_values: list, col_values: list, row_axis: str | None, col_axis: str | None,
-                  title: str, cell_size: int = 192, side: dict[str, Image.Image] | None = None) -> Image.Image:
+                  title: str, *, cell_size: int, side: dict[str, Image.Image] | None = None) -> Image.Image:
     """A whole grid in one call (small grids and tests): `cells` maps (row value, column value) to an image, None or
     a string saying why it is missing."""
     sample = next((im for im in cells.values() if isinstance(im, Image.Image)), None)

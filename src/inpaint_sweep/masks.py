@@ -2,8 +2,12 @@
 
 Methods: `box` and `ellipse` are geometric (the user's box is the region, taken as drawn); `yolo` (instance
 segmentation) and `sam` (SAM / SAM 2 / MobileSAM prompted with the box) are Ultralytics models whose instance mask with
-the best IoU against the box is used, then cleaned (fill holes, drop specks, dilate, optionally clip to the box).
-mask.png is the hard mask (0/255) the model denoises with; soft_mask.png (feather > 0) is for compositing only.
+the best IoU against the box is used, then cleaned (fill holes, drop specks, optionally clip to the box).
+mask.png is this base mask (0/255). Generate grows it (mask.dilate), cuts it to the box (mask.clip_to_box) and feathers
+a compositing copy (mask.feather) per cell, with dilate, clip_to_box and feather_mask below.
+
+The settings are mask.* keys: the functions take them as required keyword arguments, so their values come from
+params.yaml only (through stages/prepare.py), never from a default here.
 """
 
 from __future__ import annotations
@@ -250,13 +254,13 @@ def bgr(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
 
 
-def yolo_instances(model, image: Image.Image, conf: float, max_det: int = 300) -> Instances:
+def yolo_instances(model, image: Image.Image, *, conf: float, max_det: int) -> Instances:
     """The (at most max_det) instances YOLO finds at or above `conf`, masks at the photo's full resolution."""
     result = model.predict(bgr(image), retina_masks=True, conf=conf, max_det=max_det, verbose=False)[0]
     return instances_from_result(result, has_classes=True)
 
 
-def sam_instances(model, image: Image.Image, box: tuple[int, int, int, int], conf: float) -> Instances:
+def sam_instances(model, image: Image.Image, box: tuple[int, int, int, int], *, conf: float) -> Instances:
     """SAM's mask for the box prompt (confidence = its predicted mask quality), at the photo's full resolution."""
     result = model.predict(bgr(image), bboxes=[list(box)], conf=conf, verbose=False)[0]
     return instances_from_result(result, has_classes=False)
@@ -312,17 +316,20 @@ def make_mask(
     case: Case,
     image: Image.Image,
     method: str,
-    model=None,
-    conf: float = 0.25,
-    allowed: frozenset[int] | None = None,
-    on_miss: str = "error",
-    dilate_px: int = 0,
-    holes: bool = False,
-    min_area: int = 0,
-    clip: bool = False,
-    max_det: int = 300,
+    model,
+    *,
+    conf: float,
+    max_det: int,
+    allowed: frozenset[int] | None,
+    on_miss: str,
+    holes: bool,
+    min_area: int,
+    clip: bool,
 ) -> tuple[np.ndarray, dict]:
-    """Hard mask (bool H x W) for one case and the facts of how it was made (method really used, and why)."""
+    """The base mask (bool H x W) for one case and the facts of how it was made (method really used, and why).
+
+    `model` is the loaded YOLO or SAM (None for box and ellipse); `allowed` the class ids mask.classes resolved to
+    (None: every class). Clean-up (holes, min_area, clip) applies to a model's mask only; nothing is dilated here."""
     facts = {
         "method": method, "method_requested": method, "method_reason": "requested", "class": None, "class_id": None,
         "confidence": None, "instance_iou": None, "instances_found": None, "cleaned": False,
@@ -332,9 +339,9 @@ def make_mask(
     if method == "ellipse":
         return ellipse_mask(case.size, case.box), facts
     if method == "yolo":
-        found = yolo_instances(model, image, conf, max_det)
+        found = yolo_instances(model, image, conf=conf, max_det=max_det)
     elif method == "sam":
-        found = sam_instances(model, image, case.box, conf)
+        found = sam_instances(model, image, case.box, conf=conf)
     else:
         raise ConfigError(f"unknown mask.method={method!r}")
     raw, picked = select_mask(found, case.box, method, conf, allowed, on_miss, case.id)
@@ -342,7 +349,7 @@ def make_mask(
     if raw is None:
         return box_mask(case.size, case.box), facts
     facts["cleaned"] = True
-    return clean_mask(raw, case.box, dilate_px, holes, min_area, clip), facts
+    return clean_mask(raw, case.box, 0, holes, min_area, clip), facts  # dilated per cell, by generate
 
 
 # 5. Pictures ----------------------------------------------------------------------------------------------------------
@@ -359,7 +366,7 @@ def overlay_label(case_id: str, facts: dict) -> str:
     return " | ".join(parts)
 
 
-def draw_overlay(image: Image.Image, mask: np.ndarray, box, label: str, alpha: float = 0.45) -> Image.Image:
+def draw_overlay(image: Image.Image, mask: np.ndarray, box, label: str, *, alpha: float) -> Image.Image:
     """The photo with the mask tinted over it, the box outlined and a label in the corner."""
     tint = Image.new("RGB", image.size, (255, 40, 200))
     alpha_mask = Image.fromarray((mask * int(255 * alpha)).astype(np.uint8))
@@ -418,22 +425,21 @@ def write_table(records: list[dict], path: str | Path) -> None:
 def prepare(
     cases: list[Case],
     out_dir: str | Path,
+    *,
     method: str,
-    weights: str = "",
-    conf: float = 0.25,
-    max_det: int = 300,
-    overlay_alpha: float = 0.45,
-    sam_weights: str = "",
-    classes=(),
-    on_miss: str = "error",
-    clip: bool = False,
-    dilate_px: int = 0,
-    holes: bool = False,
-    min_area: int = 0,
-    feather: int = 0,
+    weights: str,
+    sam_weights: str,
+    conf: float,
+    max_det: int,
+    classes,
+    on_miss: str,
+    clip: bool,
+    holes: bool,
+    min_area: int,
+    overlay_alpha: float,
 ) -> list[dict]:
-    """Per case image.png (the photo upright, 8-bit RGB), mask.png (+ soft_mask.png), overlay.png, record.json; then
-    cases.json, cases.csv, contact_sheet.png."""
+    """Per case image.png (the photo upright, 8-bit RGB), mask.png (the base mask), overlay.png, record.json; then
+    cases.json, cases.csv, contact_sheet.png. The arguments are mask.* (clip: clip_to_box, holes: fill_holes)."""
     out_dir = Path(out_dir)
     # 1. Load the model once (a missing weights file or an unknown class stops here, before any case).
     model, allowed = None, None
@@ -444,20 +450,15 @@ def prepare(
         model = load_sam(sam_weights)
     records, tiles = [], []
     for case in cases:
-        # 2. Make the hard mask, 3. the soft one, 4. write the files and the record.
+        # 2. Make the base mask, 3. write the files and the record.
         # The photo as a viewer shows it (upright, 8-bit RGB); load_cases already warned about transparency.
         image = load_photo(case.image, f"case {case.id!r}", shown=os.path.relpath(case.image), warn=False)
-        mask, facts = make_mask(
-            case, image, method, model, conf, allowed, on_miss, dilate_px, holes, min_area, clip, max_det
-        )
+        mask, facts = make_mask(case, image, method, model, conf=conf, max_det=max_det, allowed=allowed,
+                                on_miss=on_miss, holes=holes, min_area=min_area, clip=clip)
         case_dir = out_dir / case.id
         save_image(image, case_dir / "image.png", compress_level=1)  # what generate reads: upright, so is its output
         save_image(to_mask_image(mask), case_dir / "mask.png")
-        soft_path = None
-        if feather > 0:
-            soft_path = case_dir / "soft_mask.png"
-            save_image(Image.fromarray(feather_mask(mask, feather), mode="L"), soft_path)
-        overlay = draw_overlay(image, mask, case.box, overlay_label(case.id, facts), overlay_alpha)
+        overlay = draw_overlay(image, mask, case.box, overlay_label(case.id, facts), alpha=overlay_alpha)
         save_image(overlay, case_dir / "overlay.png")
         ys, xs = np.nonzero(mask)
         record = {
@@ -473,13 +474,13 @@ def prepare(
             "mask_fraction": round(float(mask.mean()), 6),
             "mask_bounds": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
             "mask": str(case_dir / "mask.png"),
-            "soft_mask": str(soft_path) if soft_path else None,
+            "soft_mask": None,  # each cell feathers its own (mask.feather is generate's)
             "overlay": str(case_dir / "overlay.png"),
         }
         write_json(record, case_dir / "record.json")
         records.append(record)
         tiles.append((f"{case.id} ({facts['method']})", overlay))
-    # 5. The tables and the contact sheet of all cases.
+    # 4. The tables and the contact sheet of all cases.
     write_json(records, out_dir / "cases.json")
     write_table(records, out_dir / "cases.csv")
     save_image(contact_sheet(tiles), out_dir / "contact_sheet.png")

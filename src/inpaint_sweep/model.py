@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, check_pickle_allowed
 from .workspace import shared_path
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class LoadedModel:
     default_scheduler: object = None  # the checkpoint's own scheduler, restored by set_scheduler(model, None)
 
 
-def resolve_device(device: str = "auto") -> str:
+def resolve_device(device: str) -> str:
     """The device `model.device` means here: auto -> cuda if available, else mps, else cpu."""
     if device != "auto":
         return device
@@ -71,8 +71,8 @@ def use_cpu_threads(device: str, threads: int | None) -> int | None:
     """On the CPU, give torch `threads` threads; None = all cores but one (at least one), unless OMP_NUM_THREADS says.
 
     The sweep writes each cell's images and its Comet log alongside the next cell's denoising: with torch on every
-    core those share a core with one of its threads, and each parallel step waits for the slowest thread (measured
-    here on 2 cores: the default sweep 2-3 s faster with one thread, while a bare loop is faster with two).
+    core those share a core with one of its threads, and each parallel step waits for the slowest thread
+    (BENCHMARKS.md has the measurement).
     Returns the count set, or None where nothing was changed (a GPU, or OMP_NUM_THREADS set).
     """
     import torch
@@ -110,8 +110,8 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype,
-                     allow_unsafe_pickle: bool = False, safety_checker: bool = True):
+def _from_pretrained(path_or_id: str, revision: str | None, variant: str | None, torch_dtype, *,
+                     allow_unsafe_pickle: bool, safety_checker: bool):
     from diffusers import AutoPipelineForInpainting
 
     _quiet()
@@ -138,7 +138,7 @@ def _from_single_file(path: str, config: str | None, pipeline: str, torch_dtype)
 
     _quiet()
     if not Path(path).is_file():
-        raise ConfigError(f"model.id={path!r} is not a file; model.source=single_file needs a local .safetensors file")
+        raise ConfigError(f"model.id={path!r} is not a file; model.source=single_file needs a local checkpoint file")
     cls = getattr(diffusers, SINGLE_FILE_CLASSES[pipeline])
     try:
         return cls.from_single_file(path, config=config, dtype=torch_dtype, local_files_only=config is not None)
@@ -210,12 +210,13 @@ def load_model(model) -> LoadedModel:
         from .tiny_model import TINY_MODEL_VERSION, ensure_tiny_checkpoint
 
         folder = ensure_tiny_checkpoint(shared_path(model.cache_dir), model.seed)
-        pipe = _from_pretrained(str(folder), None, None, torch_dtype, safety_checker=model.safety_checker)
+        pipe = _from_pretrained(str(folder), None, None, torch_dtype, allow_unsafe_pickle=False,
+                                safety_checker=model.safety_checker)
         model_id, revision = "builtin/tiny-sd-inpaint", f"v{TINY_MODEL_VERSION}-seed{model.seed}"
     elif source == "pretrained":
         try:
-            pipe = _from_pretrained(id, model.revision, model.variant, torch_dtype, model.allow_unsafe_pickle,
-                                    model.safety_checker)
+            pipe = _from_pretrained(id, model.revision, model.variant, torch_dtype,
+                                    allow_unsafe_pickle=model.allow_unsafe_pickle, safety_checker=model.safety_checker)
         except (OSError, ValueError) as e:
             pickled = _pickle_only_components(id) if Path(id).is_dir() and not model.allow_unsafe_pickle else []
             if pickled:
@@ -233,11 +234,7 @@ def load_model(model) -> LoadedModel:
             ) from None
         model_id, revision = id, model.revision or "local"
     else:  # single_file
-        if Path(id).suffix != ".safetensors" and not model.allow_unsafe_pickle:
-            raise ConfigError(
-                f"model.id={id!r} is not a .safetensors file; pickle checkpoints (.ckpt/.bin) can run arbitrary code "
-                "when loaded: convert it, or set model.allow_unsafe_pickle=true if you trust its source"
-            )
+        check_pickle_allowed(model)  # checked with the config too; repeated here, where the file is opened
         pipe = _from_single_file(id, model.config, model.pipeline, torch_dtype)
         model_id, revision = id, model.revision or Path(id).name
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import RunError
 from .images import write_json
 
 RECORD = "record.json"
@@ -41,13 +41,14 @@ class PreparedCase:
 
 
 def load_prepared(prepare_dir: str | Path) -> list[PreparedCase]:
+    """prepare's cases.json; RunError (exit 1) when it is missing or unreadable: prepare has to run (again) first."""
     path = Path(prepare_dir) / "cases.json"
     if not path.is_file():
-        raise ConfigError(f"no prepared cases at {str(path)!r}: run `dvc repro prepare` (or stages/prepare.py) first")
+        raise RunError(f"no prepared cases at {str(path)!r}: run `dvc repro prepare` (or stages/prepare.py) first")
     try:
         return [PreparedCase.from_dict(d) for d in json.loads(path.read_text())]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"prepared cases {str(path)!r} are unreadable ({type(e).__name__}: {e}): run prepare again")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"prepared cases {str(path)!r} are unreadable ({type(e).__name__}: {e}): run prepare again")
 
 
 def read_record(cell_dir: str | Path) -> dict | None:

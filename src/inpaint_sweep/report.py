@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import ConfigError
+from .config import SWEEP_AXES, ConfigError, RunError
 from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
 from .images import write_json
 from .records import RECORD
@@ -56,26 +56,12 @@ RECORD_SETTINGS = {"steps": "steps", "guidance": "guidance", "strength": "streng
 # Provenance copied from the record to each image's row (for the table, details and runs.csv).
 PROVENANCE = ("error", "model_id", "model_revision", "device", "dtype", "scheduler_class", "working_size",
               "mask_method", "code_version", "sweep_id", "input", "mask", "soft_mask", "comet", "finished_at")
-AXIS_ORDER = ("steps", "guidance", "strength", "negative_prompt")  # then any other varied key, by name; seed last
+AXIS_ORDER = tuple(a for a in SWEEP_AXES if a != "seed")  # then any other varied key, by name; seed last
 AUTO_GRID = ("guidance", "strength")  # report.rows / report.cols when null: these if they varied, else the first axes
+# (params.yaml's comments on report.rows and report.cols say so; tests/test_report.py checks they agree)
 THUMB_WIDTH = 160
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding and measuring images (OpenCV releases the GIL)
-# Pillow refuses to open images over 2 x MAX_IMAGE_PIXELS and warns above it; grids stay under, so anyone can open them.
-MAX_GRID_MEGAPIXELS = Image.MAX_IMAGE_PIXELS / 1e6
 OUTPUT_FOLDERS = ("grids", "thumbs", "plots", "comet")
-
-
-def check_report_settings(rows: str | None, cols: str | None, cell_size: int, max_megapixels: float) -> None:
-    """Raise ConfigError naming the first bad report.* value that can be judged before reading the cells."""
-    if rows is not None and rows == cols:
-        raise ConfigError(f"report.rows and report.cols must differ, both are {rows!r}")
-    if cell_size < 16:
-        raise ConfigError(f"report.cell_size must be >= 16 pixels, got report.cell_size={cell_size}")
-    if not 0 < max_megapixels <= MAX_GRID_MEGAPIXELS:
-        raise ConfigError(
-            f"report.max_megapixels must be in (0, {MAX_GRID_MEGAPIXELS:.0f}], "
-            f"got report.max_megapixels={max_megapixels}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------- records
@@ -106,7 +92,7 @@ def read_records(cells_dir: str | Path):
         try:
             record = json.loads(path.read_text())
         except ValueError as e:
-            raise ConfigError(f"cell record {path} is not valid JSON: {e}") from e
+            raise RunError(f"cell record {path} is not valid JSON ({e}): run generate again") from e
         yield record, cell_settings(record)
 
 
@@ -196,11 +182,14 @@ def pick_axis(name: str | None, which: str, axes: list[str], twins: dict[str, li
 
 
 def grid_axes(rows: str | None, cols: str | None, axes: list[str], twins: dict) -> tuple[str | None, str | None]:
-    """The rows and columns of the grids: the configured keys, checked; null picks from AUTO_GRID, then the axes."""
-    rows, cols = pick_axis(rows, "rows", axes, twins), pick_axis(cols, "cols", axes, twins)
-    if rows is not None and rows == cols:
-        raise ConfigError(f"report.rows and report.cols must differ, both are {rows!r}")
-    free = [a for a in [*AUTO_GRID, *axes] if a in axes and a not in (rows, cols)]
+    """The rows and columns of the grids: the configured keys, checked against the axes that varied (the config
+    itself was checked by config.check_report_config); null picks from AUTO_GRID, then the axes."""
+    picked_rows, picked_cols = pick_axis(rows, "rows", axes, twins), pick_axis(cols, "cols", axes, twins)
+    if picked_rows is not None and picked_rows == picked_cols:  # two names of one axis: scheduler, model.scheduler
+        raise ConfigError(f"report.rows={rows!r} and report.cols={cols!r} are the same axis, {picked_rows}; "
+                          "choose two different ones")
+    rows, cols = picked_rows, picked_cols
+    free = [a for a in dict.fromkeys([*AUTO_GRID, *axes]) if a in axes and a not in (rows, cols)]
     if rows is None and free:
         rows = free.pop(0)
     if cols is None and free:
@@ -239,7 +228,7 @@ def _case_inputs(photo_path: str, mask_path: str, thumbs_dir: str) -> dict:
 
 def shrink(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Downscale to (width, height): area-average by a whole factor (OpenCV's fast path), then bilinear for the
-    rest; a third of the time of one area-average to a fractional size, and as smooth."""
+    rest: faster than one area-average to a fractional size, and as smooth."""
     h, w = pixels.shape[:2]
     factor = min(w // size[0], h // size[1])
     if factor >= 2:
@@ -321,8 +310,8 @@ def _slug(text: str) -> str:
 
 
 def render_images(
-    df: pd.DataFrame, axes: list[str], rows: str | None, cols: str | None, out_dir: Path, cell_size: int = 256,
-    max_megapixels: float | None = None,
+    df: pd.DataFrame, axes: list[str], rows: str | None, cols: str | None, out_dir: Path, *, cell_size: int,
+    max_megapixels: float,
 ) -> tuple[list[dict], dict[int, dict], dict[int, dict]]:
     """One pass over every image: the quality metrics, thumbnails (output, difference heatmap, mask outline) and the
     labelled grids, one PNG per case and slice of the axes that are neither rows nor columns, split into parts where
@@ -333,7 +322,7 @@ def render_images(
     diversity = _Diversity(df)
     fixed_axes = [a for a in axes if a not in (rows, cols)]
     index = {a: {v: i for i, v in enumerate(ordered_values(df[a]))} for a in axes}
-    cap = (max_megapixels or MAX_GRID_MEGAPIXELS) * 1e6
+    cap = max_megapixels * 1e6
     thumbs_dir = out_dir / "thumbs"
 
     pool = ThreadPoolExecutor(max_workers=WORKERS)
@@ -548,13 +537,17 @@ def _display(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def build_report(
     cells_dir: str | Path,
     out_dir: str | Path,
-    rows: str | None = None,
-    cols: str | None = None,
-    cell_size: int = 256,
-    max_megapixels: float | None = 16.0,
-    clip=None,
+    *,
+    rows: str | None,
+    cols: str | None,
+    cell_size: int,
+    max_megapixels: float,
+    clip,
 ) -> dict:
     """Write runs.csv, by_axis.csv, plots/, metrics.json (numbers for DVC), best.json, grids/ and thumbs/.
+
+    The settings are report.* (checked by config.check_report_config); `clip` is a loaded CLIP checkpoint
+    (clip_score.load_clip) or None.
 
     Returns the summary, with the table (`df`), the axes, grids and thumbnails for the HTML page and Comet.
     """
@@ -572,8 +565,8 @@ def build_report(
     rows, cols = grid_axes(rows, cols, axes, twins)
 
     # 3. Every image once: metrics, thumbnails, grids.
-    grids, measured, thumbs = render_images(df, axes, rows, cols, out_dir, cell_size, max_megapixels) \
-        if len(df) else ([], {}, {})
+    grids, measured, thumbs = render_images(df, axes, rows, cols, out_dir, cell_size=cell_size,
+                                            max_megapixels=max_megapixels) if len(df) else ([], {}, {})
     for i, values in measured.items():
         for m, v in values.items():
             df.at[i, m] = v

@@ -20,7 +20,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import RunError
 from .images import DIR_MODE
 from .records import COMET_ARCHIVE, RECORD, read_record, verify, write_record
 
@@ -238,8 +238,8 @@ class ViewLock:
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 f.close()
-                raise ConfigError(f"another sweep ({holder}) is writing the view {str(self.view)!r}; wait for it to "
-                                  "finish, or give this one its own view with paths.generate=...") from None
+                raise RunError(f"another sweep ({holder}) is writing the view {str(self.view)!r}; wait for it to "
+                               "finish, or give this one its own view with paths.generate=...") from None
             try:
                 if os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
                     break  # ours, and still the file at that path (its last holder removes it as it lets go)

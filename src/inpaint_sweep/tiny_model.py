@@ -92,7 +92,7 @@ def _tiny_text_config(tokenizer, **extra):
     )
 
 
-def build_tiny_pipeline(seed: int = 0):
+def build_tiny_pipeline(seed: int):
     """Build the tiny inpainting pipeline, deterministically from `seed`."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
@@ -119,7 +119,7 @@ def build_tiny_pipeline(seed: int = 0):
     )
 
 
-def ensure_tiny_checkpoint(cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+def ensure_tiny_checkpoint(cache_dir: str | os.PathLike, seed: int) -> Path:
     """Save the tiny pipeline once under `cache_dir` and return its folder (a normal diffusers checkpoint).
 
     The folder is written to a temporary name and renamed into place, so parallel jobs never see half a checkpoint.
