@@ -67,7 +67,7 @@ def generation_config(cfg) -> dict:
 
 def task_container(cfg) -> dict:
     """The job config as plain, resolved values, without the hydra node (never resolved: its help template is
-    rendered by a resolver, which costs a tenth of a second)."""
+    rendered by a resolver: slow, and never needed here)."""
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in cfg if k != "hydra"}
 
