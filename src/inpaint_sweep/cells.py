@@ -38,8 +38,8 @@ from .images import load_photo, save_image, to_mask_image
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .logbook import CometLog
 from .provenance import code_version
-from .records import PreparedCase, file_entry, load_prepared, write_record
-from .store import CellStore, show, view_paths, write_failed
+from .records import CellRecord, ImageEntry, PreparedCase, file_entry, load_prepared, write_record
+from .store import CellStore, show, write_failed
 
 log = logging.getLogger(__name__)
 STATUSES = ("done", "skipped", "failed")
@@ -311,7 +311,7 @@ class CellMaker:
                 else:
                     self._compute(_new_record(cell, cfg, settings, revision, self.sweep_id), cell.case, cfg)
 
-    def _reuse(self, record: dict, cfg) -> None:
+    def _reuse(self, record: CellRecord, cfg) -> None:
         """A stored cell: shown in the view; logged to Comet now if it never was (or uploaded, if it was logged
         offline and Comet is online now)."""
         job = self.comet.job_for(record, cfg.tracking) if self.comet else None
@@ -320,16 +320,16 @@ class CellMaker:
         else:
             self.finisher.track(self.comet.log(record, job, lambda: self._show(record, "skipped")))
 
-    def _compute(self, record: dict, case: PreparedCase, cfg) -> None:
+    def _compute(self, record: CellRecord, case: PreparedCase, cfg) -> None:
         seeds = seed_list(cfg.seed)
         try:
             model = self.model.get(cfg.model)
-            record["scheduler_class"] = type(model.pipe.scheduler).__name__
-            record["device"], record["dtype"] = model.device, model.dtype
+            record.scheduler_class = type(model.pipe.scheduler).__name__
+            record.device, record.dtype = model.device, model.dtype
             image, mask, soft = self.inputs.get(case, cfg.mask)
             self._check_prompts(record, model.pipe)
             raws, metrics, box, nsfw = denoise(
-                model.pipe, image, mask, record["prompt"], record["negative_prompt"], cfg.steps, cfg.guidance,
+                model.pipe, image, mask, record.prompt, record.negative_prompt, cfg.steps, cfg.guidance,
                 cfg.strength, seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
             )
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
@@ -339,7 +339,7 @@ class CellMaker:
 
     def _finish(self, record, seeds, raws, metrics, nsfw, box, inputs, tracking_cfg) -> None:
         """Composite and write a computed cell into the store (off the generation path), then show and log it."""
-        cid = record["cell_id"]
+        cid = record.cell_id
         image, mask, soft = inputs
         staging = self.store.staging(cid)
         try:
@@ -349,20 +349,20 @@ class CellMaker:
                 if pixels is not None:
                     data, entry = self.inputs.png(pixels)
                     (staging / name).write_bytes(data)  # a private folder until published: no half file is seen
-                    record["files"][name] = entry
-                    record[name.removesuffix(".png")] = str(stored / name)
+                    record.files[name] = entry
+                    setattr(record, name.removesuffix(".png"), str(stored / name))
             pictures = {}  # the composited images, for Comet's previews (no second decode of the PNGs)
             for seed, raw, cell_metrics, flagged in zip(seeds, raws, metrics, nsfw):
                 name = f"seed-{seed}.png"
                 pictures[name] = to_photo(image, raw, mask, box, soft)
                 save_image(pictures[name], staging / name, compress_level=1)  # level 1: fast
-                record["images"].append({"seed": seed, "path": str(stored / name), "metrics": cell_metrics,
-                                         "nsfw": flagged})
-                record["files"][name] = file_entry(staging / name)
+                record.images.append(ImageEntry(seed=seed, path=str(stored / name), metrics=cell_metrics,
+                                                nsfw=flagged))
+                record.files[name] = file_entry(staging / name)
             if any(nsfw):
                 log.warning("cell %s: the safety checker flagged seed(s) %s; their images are black (nsfw: true in "
                             "the record)", cid, [s for s, f in zip(seeds, nsfw) if f])
-            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            record.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_record(record, staging)  # last: the folder holds a complete cell
             self.store.publish(staging, cid)
         except Exception as e:  # noqa: BLE001 - e.g. a full disk: this cell fails, the sweep goes on
@@ -375,27 +375,27 @@ class CellMaker:
         else:
             self.finisher.track(self.comet.log(record, job, lambda: self._show(record, "done")))
 
-    def _show(self, record: dict, status: str) -> None:
+    def _show(self, record: CellRecord, status: str) -> None:
         show(self.store, record, self.view)
-        self.tally.add(status, record["cell_id"])
+        self.tally.add(status, record.cell_id)
 
-    def _fail(self, record: dict, error: Exception) -> None:
-        record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
-                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        log.error("cell %s failed: %s", record["cell_id"], record["error"])
-        write_failed(view_paths(record, self.view / "cells" / record["cell_id"]), self.view)
-        self.tally.add("failed", record["cell_id"])
+    def _fail(self, record: CellRecord, error: Exception) -> None:
+        record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+        record.traceback, record.finished_at = traceback.format_exc(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log.error("cell %s failed: %s", record.cell_id, record.error)
+        write_failed(record, self.view)
+        self.tally.add("failed", record.cell_id)
 
-    def _check_prompts(self, record: dict, pipe) -> None:
+    def _check_prompts(self, record: CellRecord, pipe) -> None:
         """Record (and say once per prompt) how many tokens the model cannot read."""
         for key in ("prompt", "negative_prompt"):
-            text = record[key]
+            text = getattr(record, key)
             dropped = dropped_tokens(pipe, text)
-            record[f"{key}_truncated"] = dropped > 0
+            setattr(record, f"{key}_truncated", dropped > 0)
             if dropped and (key, text) not in self._warned:
                 self._warned.add((key, text))
                 log.warning("case %s: the %s is longer than the model reads; its last %d token(s) are dropped: %r",
-                            record["case"], key.replace("_", " "), dropped, text)
+                            record.case, key.replace("_", " "), dropped, text)
 
 
 def cuda_device_count() -> int:
@@ -440,37 +440,30 @@ def _settings(cfg) -> dict:
     return {k: (OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]) for k in SWEEP_AXES}
 
 
-def _new_record(cell: PlannedCell, cfg, settings: dict, revision: str, sweep_id: str) -> dict:
+def _new_record(cell: PlannedCell, cfg, settings: dict, revision: str, sweep_id: str) -> CellRecord:
     m, case = cfg.model, cell.case
     plain = task_container(cfg)
     for key in ("hydra", "paths", "tracking", "report", "batch"):
         plain.pop(key, None)
     plain["prompt_sr"] = cell.prompts.replacement  # this cell's value of the search/replace axis
-    return {
-        "cell_id": cell.id,
-        "status": "ok",
-        "error": None,
-        "case": case.id,
-        **settings,
-        "prompt": cell.prompts.prompt,  # the prompt the cell used
-        "negative_prompt": cell.prompts.negative_prompt,
-        "model": m.name,
-        "model_id": m.id or "builtin/tiny-sd-inpaint",
-        "model_revision": revision,
-        "model_fingerprint": cell.identity["model_fingerprint"],
-        "scheduler": m.scheduler,  # null = the checkpoint's own: scheduler_class says which
-        "padding_mask_crop": m.padding_mask_crop,
-        "working_size": list(working_size(tuple(case.image_size), m.size)),
-        "mask_method": case.method,
-        "config": flatten(plain),  # the whole job config (flat dotted keys): what the report splits on
-        "identity": cell.identity,  # what the cell id hashes (identity.py)
-        "code_version": code_version(),
-        "sweep_id": sweep_id,
-        "input": case.image,
-        "mask": case.mask,  # then the cell's own mask.png (and soft_mask.png): the mask settings applied to it
-        "soft_mask": None,
-        "images": [],
-        "files": {},
-        "comet": None,
-        "finished_at": None,
-    }
+    return CellRecord(
+        cell_id=cell.id,
+        case=case.id,
+        **{k: v for k, v in settings.items() if k != "negative_prompt"},  # the text the cell used, below
+        prompt=cell.prompts.prompt,
+        negative_prompt=cell.prompts.negative_prompt,
+        model=m.name,
+        model_id=m.id or "builtin/tiny-sd-inpaint",
+        model_revision=revision,
+        model_fingerprint=cell.identity["model_fingerprint"],
+        scheduler=m.scheduler,
+        padding_mask_crop=m.padding_mask_crop,
+        working_size=list(working_size(tuple(case.image_size), m.size)),
+        mask_method=case.method,
+        config=flatten(plain),
+        identity=cell.identity,
+        code_version=code_version(),
+        sweep_id=sweep_id,
+        input=case.image,
+        mask=case.mask,  # then the cell's own mask.png (and soft_mask.png): the mask settings applied to it
+    )

@@ -16,17 +16,16 @@ import numpy as np
 from PIL import Image
 
 from . import tracking
-from .records import COMET_ARCHIVE, file_entry, write_record
+from .records import COMET_ARCHIVE, CellRecord, file_entry, write_record
 from .store import CellStore
 
 log = logging.getLogger(__name__)
 
 
-def needs_work(record: dict, online: bool) -> bool:
+def needs_work(record: CellRecord, online: bool) -> bool:
     """Whether a stored cell's log is not where it should be: never logged, or logged offline and Comet is online
     now (comet_ml's own uploader then sends the stored archive, once)."""
-    comet = record.get("comet")
-    return not comet or bool(online and COMET_ARCHIVE in record["files"] and not record.get("comet_uploaded"))
+    return not record.comet or bool(online and COMET_ARCHIVE in record.files and not record.comet_uploaded)
 
 
 class CometLog:
@@ -42,39 +41,39 @@ class CometLog:
     def close(self) -> None:
         self.logger.close()
 
-    def job_for(self, record: dict, t, pictures: dict | None = None) -> dict | None:
+    def job_for(self, record: CellRecord, t, pictures: dict | None = None) -> dict | None:
         """What to send the logger for a cell (`t`: the tracking settings), or None if its log is where it should be."""
         if not needs_work(record, self.online):
             return None
-        stored = self.store.cell_dir(record["cell_id"])
-        if record.get("comet"):
+        stored = self.store.cell_dir(record.cell_id)
+        if record.comet:
             return {"upload": str(stored / COMET_ARCHIVE)}
-        workdir = self.store.private_dir("comet", record["cell_id"])
+        workdir = self.store.private_dir("comet", record.cell_id)
         pictures = pictures or {}
-        images = {f"output_seed-{e['seed']}": preview(stored / Path(e["path"]).name, workdir, t.image_format,
-                                                      t.image_max_pixels, pictures.get(Path(e["path"]).name))
-                  for e in record["images"]}
+        images = {f"output_seed-{e.seed}": preview(stored / Path(e.path).name, workdir, t.image_format,
+                                                   t.image_max_pixels, pictures.get(Path(e.path).name))
+                  for e in record.images}
         params = comet_params(record)
         # The case's photo and mask once per case and job, in the first experiment that needs them; the others name
         # that experiment (Comet cannot link assets across experiments, and a photo in every cell dominated storage).
-        first = self._inputs_logged.setdefault(record["case"], record["cell_id"])
-        if first == record["cell_id"]:
-            images["input"] = preview(Path(record["input"]), workdir, t.image_format, t.image_max_pixels)
-            images["mask"] = preview(Path(record["mask"]), workdir, "png", t.image_max_pixels)
+        first = self._inputs_logged.setdefault(record.case, record.cell_id)
+        if first == record.cell_id:
+            images["input"] = preview(Path(record.input), workdir, t.image_format, t.image_max_pixels)
+            images["mask"] = preview(Path(record.mask), workdir, "png", t.image_max_pixels)
         params["inputs_logged_in"] = first
         return {
             "offline_dir": str(workdir),
             "online": self.online,
             "project": t.project,
             "workspace": t.workspace,
-            "name": record["cell_id"],
+            "name": record.cell_id,
             "params": params,
             "metrics": comet_metrics(record),
-            "tags": ["kind:cell", f"sweep:{record['sweep_id']}", f"case:{record['case']}", f"model:{record['model']}"],
+            "tags": ["kind:cell", f"sweep:{record.sweep_id}", f"case:{record.case}", f"model:{record.model}"],
             "images": images,
         }
 
-    def log(self, record: dict, job: dict, then) -> Future:
+    def log(self, record: CellRecord, job: dict, then) -> Future:
         """Send `job`; when answered, store where the log went with the cell, then call `then()`. The returned
         future is done once all of that is."""
         done: Future = Future()
@@ -83,7 +82,7 @@ class CometLog:
             try:
                 self._note(record, job, answer)
             except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
-                log.warning("cell %s: its Comet log could not be stored: %s", record["cell_id"], e)
+                log.warning("cell %s: its Comet log could not be stored: %s", record.cell_id, e)
             try:
                 then()
                 done.set_result(None)
@@ -93,19 +92,19 @@ class CometLog:
         self.logger.submit(job).add_done_callback(logged)
         return done
 
-    def _note(self, record: dict, job: dict, answer: Future) -> None:
+    def _note(self, record: CellRecord, job: dict, answer: Future) -> None:
         """Store where the cell's log went with the cell: its offline archive, its URL, or that it was uploaded."""
-        cid = record["cell_id"]
+        cid = record.cell_id
         try:
             where = answer.result()
             if where.startswith("uploaded:"):
-                record["comet_uploaded"] = where.removeprefix("uploaded:")
+                record.comet_uploaded = where.removeprefix("uploaded:")
             elif where.startswith("http"):
-                record["comet"] = where
+                record.comet = where
             else:
                 self.store.add_file(cid, Path(where), COMET_ARCHIVE)
-                record["files"][COMET_ARCHIVE] = file_entry(self.store.cell_dir(cid) / COMET_ARCHIVE)
-                record["comet"] = COMET_ARCHIVE
+                record.files[COMET_ARCHIVE] = file_entry(self.store.cell_dir(cid) / COMET_ARCHIVE)
+                record.comet = COMET_ARCHIVE
         except Exception as e:  # noqa: BLE001
             log.warning("cell %s: Comet logging failed: %s", cid, e)
             return
@@ -136,22 +135,22 @@ def preview(source: Path, folder: Path, image_format: str, max_pixels: int | Non
     return str(target)
 
 
-def comet_params(record: dict) -> dict:
+def comet_params(record: CellRecord) -> dict:
     """The cell's Comet parameters: the config's own key names, plus what identifies the cell. Empty values read as
     in the report's grids and tables: "" is "(none)", null is "(default)"."""
     from .grids import fmt
 
     params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else fmt(v) if v in ("", None) else v)
-              for k, v in record["config"].items()}
-    params.update({k: record[k] for k in ("case", "prompt", "model_id", "model_revision", "mask_method", "cell_id",
-                                          "code_version")})
+              for k, v in record.config.items()}
+    params.update({k: getattr(record, k) for k in ("case", "prompt", "model_id", "model_revision", "mask_method",
+                                                   "cell_id", "code_version")})
     return params
 
 
-def comet_metrics(record: dict) -> dict:
+def comet_metrics(record: CellRecord) -> dict:
     """The same metric names for every cell: a multi-seed cell logs the mean over its seeds."""
     values: dict[str, list] = {}
-    for entry in record["images"]:
-        for name, value in entry["metrics"].items():
+    for entry in record.images:
+        for name, value in entry.metrics.items():
             values.setdefault(name, []).append(value)
     return {name: float(np.mean(v)) for name, v in values.items()}

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import SWEEP_AXES, ConfigError, RunError
+from .config import SWEEP_AXES, ConfigError
 from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
 from .images import write_json
-from .records import RECORD
-from .inpaint import seed_list
+from . import records
+from .records import RECORD_SETTINGS, CellRecord
 from .quality import image_quality, mask_geometry
 
 # Per-image metrics, and which way is better ("one": closest to 1). Generate measures the first five; the report
@@ -49,10 +49,6 @@ METRICS = tuple(BETTER)
 # dvc.yaml `plots:` draws each of PLOT_METRICS from plots/<metric>.csv (tests/test_report.py checks they agree).
 PLOT_METRICS = ("drift_psnr", "change_inside_mae", "seam", "edge_delta_e", "texture_ratio", "seconds",
                 "peak_memory_mb")
-# A record's top-level fields and the config keys they are under in its `config` (records written before `config`).
-RECORD_SETTINGS = {"steps": "steps", "guidance": "guidance", "strength": "strength",
-                   "negative_prompt": "negative_prompt", "prompt": "prompt", "model": "model.name",
-                   "scheduler": "model.scheduler", "padding_mask_crop": "model.padding_mask_crop"}
 # Provenance copied from the record to each image's row (for the table, details and runs.csv).
 PROVENANCE = ("error", "model_id", "model_revision", "device", "dtype", "scheduler_class", "working_size",
               "mask_method", "code_version", "sweep_id", "input", "mask", "soft_mask", "comet", "finished_at")
@@ -67,32 +63,20 @@ OUTPUT_FOLDERS = ("grids", "thumbs", "plots", "comet")
 # ---------------------------------------------------------------------------------------------------------- records
 
 
-def cell_settings(record: dict) -> dict:
-    """A cell's settings as flat config keys: its `config` when the record has one, else its top-level fields.
-    `prompt` is the prompt used (the config's null means the case's own)."""
-    settings = {key: record[field] for field, key in RECORD_SETTINGS.items() if field in record}
-    for key, value in (record.get("config") or {}).items():
+def cell_settings(record: CellRecord) -> dict:
+    """A cell's settings as flat config keys: its `config` (an older record's top-level settings, records.py), the
+    top-level ones it lacks. `prompt` is the prompt used (the config's null means the case's own)."""
+    settings = {key: getattr(record, name) for name, key in RECORD_SETTINGS.items()}
+    for key, value in record.config.items():
         if not (key == "prompt" and value is None and "prompt" in settings):
             settings[key] = value
     settings.pop("seed", None)  # per image, below
     return {k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v for k, v in settings.items()}
 
 
-def _image_entries(record: dict) -> list[dict]:
-    """The record's images as [{seed, path, metrics}]; a failed cell gives one entry per seed with no path."""
-    if record.get("images"):
-        return record["images"]
-    seeds = (record.get("config") or {}).get("seed", record.get("seed", 0))
-    return [{"seed": s, "path": None, "metrics": {}} for s in seed_list(seeds)]
-
-
 def read_records(cells_dir: str | Path):
-    """Yield (record, settings) for every cell record under cells_dir: the one place records are read."""
-    for path in sorted(Path(cells_dir).glob(f"*/{RECORD}")):
-        try:
-            record = json.loads(path.read_text())
-        except ValueError as e:
-            raise RunError(f"cell record {path} is not valid JSON ({e}): run generate again") from e
+    """Yield (record, settings) for every cell record under cells_dir (records.read_records)."""
+    for record in records.read_records(cells_dir):
         yield record, cell_settings(record)
 
 
@@ -101,13 +85,13 @@ def load_records(cells_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     rows, keys = [], {}
     for record, settings in read_records(cells_dir):
         keys.update(dict.fromkeys(settings))
-        base = {"cell_id": record.get("cell_id"), "status": record.get("status"), "case": record.get("case"),
-                **settings, **{k: record.get(k) for k in PROVENANCE}}
-        base["working_size"] = "x".join(map(str, record.get("working_size") or []))
-        for entry in _image_entries(record):
-            ok = record.get("status") == "ok" and entry.get("path") and Path(entry["path"]).is_file()
-            rows.append({**base, "seed": entry["seed"], "image": entry.get("path"), "status": "ok" if ok else "failed",
-                         "nsfw": entry.get("nsfw"), **{m: (entry.get("metrics") or {}).get(m) for m in METRICS}})
+        base = {"cell_id": record.cell_id, "status": record.status, "case": record.case,
+                **settings, **{k: getattr(record, k) for k in PROVENANCE}}
+        base["working_size"] = "x".join(map(str, record.working_size or []))
+        for entry in record.images:
+            ok = record.ok and entry.path and Path(entry.path).is_file()
+            rows.append({**base, "seed": entry.seed, "image": entry.path, "status": "ok" if ok else "failed",
+                         "nsfw": entry.nsfw, **{m: entry.metrics.get(m) for m in METRICS}})
     keys = [*keys, "seed"]
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(["cell_id", "status", "case", *keys, "image",
                                                         *PROVENANCE, "nsfw", *METRICS])))

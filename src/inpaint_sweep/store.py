@@ -22,20 +22,9 @@ from pathlib import Path
 
 from .errors import RunError
 from .images import DIR_MODE
-from .records import COMET_ARCHIVE, RECORD, read_record, verify, write_record
+from .records import COMET_ARCHIVE, RECORD, CellRecord, read_record, verify, write_record
 
 log = logging.getLogger(__name__)
-
-
-def view_paths(record: dict, cell_dir: Path, archive: Path | None = None) -> dict:
-    """The record as shown in `cell_dir`: image paths pointing at that folder's files, and `comet` at `archive`
-    where the cell's offline archive is kept apart (the view's comet/ folder)."""
-    images = [{**e, "path": str(cell_dir / Path(e["path"]).name)} for e in record.get("images", [])]
-    comet = record.get("comet")
-    if COMET_ARCHIVE in record.get("files", {}):
-        comet = str(archive or cell_dir / COMET_ARCHIVE)
-    masks = {k: str(cell_dir / f"{k}.png") for k in ("mask", "soft_mask") if f"{k}.png" in record.get("files", {})}
-    return {**record, "images": images, "comet": comet, **masks}
 
 
 def view_archive(view_dir: Path, cell_id: str) -> Path:
@@ -50,14 +39,14 @@ class CellStore:
     def cell_dir(self, cell_id: str) -> Path:
         return self.root / cell_id
 
-    def get(self, cell_id: str) -> dict | None:
+    def get(self, cell_id: str) -> CellRecord | None:
         """The stored cell's record if it is complete and its files verify; a corrupt cell is removed, with one
         warning line, so that it is computed again."""
         folder = self.cell_dir(cell_id)
         record = read_record(folder)
         if record is None:
             return None
-        problem = "it did not finish" if record.get("status") != "ok" else verify(folder, record)
+        problem = "it did not finish" if not record.ok else verify(folder, record)
         if problem is None:
             _open_up(folder)
             return record
@@ -125,7 +114,7 @@ class CellStore:
         for record_path in sorted(Path(view_dir).glob(f"cells/*/{RECORD}")):
             cell = record_path.parent
             record = read_record(cell)
-            if record is None or record.get("status") != "ok" or self.cell_dir(cell.name).exists():
+            if record is None or not record.ok or self.cell_dir(cell.name).exists():
                 continue
             archive = view_archive(Path(view_dir), cell.name)
             problem = verify(cell, record, {COMET_ARCHIVE: archive})
@@ -133,25 +122,25 @@ class CellStore:
                 log.warning("cell %s in the view is not adopted into the cell store: %s", cell.name, problem)
                 continue
             staging = self.staging(cell.name)
-            for name in record["files"]:
+            for name in record.files:
                 shutil.copyfile(archive if name == COMET_ARCHIVE else cell / name, staging / name)
-            write_record(view_paths(record, self.cell_dir(cell.name)), staging)
+            write_record(record.shown_in(self.cell_dir(cell.name)), staging)
             self.publish(staging, cell.name)
             adopted += 1
         return adopted
 
 
-def show(store: CellStore, record: dict, view_dir: Path) -> dict:
+def show(store: CellStore, record: CellRecord, view_dir: Path) -> CellRecord:
     """Copy a stored cell into the view (its files, its record with the view's paths, its Comet archive)."""
-    cell_id = record["cell_id"]
+    cell_id = record.cell_id
     source, target = store.cell_dir(cell_id), view_dir / "cells" / cell_id
     archive = view_archive(view_dir, cell_id)
     target.mkdir(parents=True, exist_ok=True)
-    for name, entry in record["files"].items():
+    for name, entry in record.files.items():
         if name == COMET_ARCHIVE:
             archive.parent.mkdir(parents=True, exist_ok=True)
         _copy_unless_same(source / name, archive if name == COMET_ARCHIVE else target / name, entry["size"])
-    shown = view_paths(record, target, archive)
+    shown = record.shown_in(target, archive)
     write_record(shown, target)
     return shown
 
@@ -195,9 +184,10 @@ def prune(view_dir: Path, keep: set[str]) -> int:
     return removed
 
 
-def write_failed(record: dict, view_dir: Path) -> None:
+def write_failed(record: CellRecord, view_dir: Path) -> None:
     """A failed cell is shown in the view (the report lists it) and never stored: the next run retries it."""
-    write_record(record, view_dir / "cells" / record["cell_id"])
+    cell_dir = view_dir / "cells" / record.cell_id
+    write_record(record.shown_in(cell_dir), cell_dir)
 
 
 _HOST = socket.gethostname().replace("-", "_")

@@ -124,7 +124,7 @@ class Sweep:
         done = Summary(reused=plan.cells - len(plan.pending), interrupted=interrupted)
         for cid, was_stored in plan.pending:
             record = read_record(self.store.cell_dir(cid))
-            if record is not None and record.get("status") == "ok":
+            if record is not None and record.ok:
                 if was_stored:
                     done.reused += 1
                 else:
