@@ -6,7 +6,7 @@ combinations that load the same pipeline are placed one after the other.
 
 `Composer` gives each combination's config as Hydra would compose it: Hydra's config loader composes each distinct
 set of config-group choices (model=..., +key=...) once, and the plain values (guidance=5) are then set with OmegaConf,
-as Hydra itself applies them last. tests/test_grid.py checks the result equals Hydra's full composition.
+as Hydra itself applies them last. tests/test_sweep.py checks the result equals Hydra's full composition.
 """
 
 from __future__ import annotations
