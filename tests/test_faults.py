@@ -98,8 +98,41 @@ def test_rejected_key_warns_once_and_logs_offline(tmp_path, prepared, model_cach
         server.shutdown()
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("rejected COMET_API_KEY (HTTP 401)") == 1
-    assert _RefusingComet.seen == ["/api/rest/v2/account-details"]  # asked once, then nothing more went out
+    # Asked once (comet_ml.API: its version check, then the account details), then nothing more went out.
+    assert _RefusingComet.seen == ["/clientlib/isAlive/ver", "/api/rest/v2/account-details"]
     assert len(list((tmp_path / "gen" / "comet").glob("*.zip"))) == 1
+
+
+class _FailingComet(_RefusingComet):
+    """A Comet stand-in on loopback that answers every request with HTTP 503, which comet_ml normally retries."""
+
+    seen: list[str] = []
+
+    def do_GET(self):
+        _FailingComet.seen.append(self.path)
+        self.send_response(503)
+        self.end_headers()
+
+    do_POST = do_GET
+
+
+def test_the_server_check_asks_once_without_comet_ml_retries(monkeypatch, caplog):
+    """Pins the comet_ml setting the check relies on (COMET_HTTP_SESSION_RETRY_TOTAL): a server answering 503 is asked
+    each thing once, and the check says so at once, instead of after comet_ml's retries and their back-off."""
+    from inpaint_sweep import tracking
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FailingComet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("COMET_API_KEY", "key")
+    monkeypatch.setenv("COMET_URL_OVERRIDE", f"http://127.0.0.1:{server.server_port}/clientlib/")
+    tracking.server_accepts_key.cache_clear()
+    try:
+        assert tracking.server_accepts_key() is False
+    finally:
+        tracking.server_accepts_key.cache_clear()
+        server.shutdown()
+    assert _FailingComet.seen == ["/clientlib/isAlive/ver", "/api/rest/v2/account-details"]
+    assert caplog.text.count("answered HTTP 503") == 1
 
 
 @pytest.mark.parametrize(
@@ -226,9 +259,9 @@ def test_safety_checker_is_kept_unless_turned_off(tmp_path):
 
 
 def test_parallel_comet_logging_writes_only_sound_archives(tmp_path, photo):
-    """The logger process writes experiments in parallel threads. comet_ml ends its global previous experiment
-    whenever a new one is created; unguarded, that corrupted about 1 archive in 8 here. Every archive must open and
-    pass its CRC checks, and each experiment's answer must name its own archive."""
+    """The logger process writes experiments in parallel. comet_ml ends its global previous experiment whenever a new
+    one is created in the same process; from parallel threads, that corrupted about 1 archive in 8. Every archive must
+    open and pass its CRC checks, and each experiment's answer must name its own archive."""
     from inpaint_sweep import tracking
 
     photo.save(tmp_path / "out.png")
@@ -246,6 +279,24 @@ def test_parallel_comet_logging_writes_only_sound_archives(tmp_path, photo):
             assert f"cell-{i}" in z.read("experiment.json").decode() + z.read("messages.json").decode()
 
 
+def test_an_online_experiment_that_cannot_start_is_logged_offline(tmp_path, photo, monkeypatch, caplog):
+    """Pins the one undocumented comet_ml attribute read (tracking.log_cell): an online experiment whose server does
+    not answer has `alive` False, and the cell goes to a sound offline archive instead of a URL that leads nowhere."""
+    from inpaint_sweep import tracking
+
+    photo.save(tmp_path / "out.png")
+    monkeypatch.setenv("COMET_API_KEY", "key")
+    monkeypatch.setenv("COMET_URL_OVERRIDE", f"http://127.0.0.1:{free_port()}/clientlib/")
+    monkeypatch.setenv("COMET_HTTP_SESSION_RETRY_TOTAL", "0")  # fail at once, not after comet_ml's retries
+    monkeypatch.setenv("COMET_GET_OR_ADD_EXPERIMENT_RETRY_TOTAL", "0")
+    where = tracking.log_cell(tmp_path / "comet", True, "p", None, "cell-0", {"guidance": 5}, {"seconds": 1.0}, ["t"],
+                              {"output": str(tmp_path / "out.png")})
+    assert "could not start online" in caplog.text
+    assert where.endswith(".zip") and Path(where).parent == tmp_path / "comet"
+    with zipfile.ZipFile(where) as z:
+        assert z.testzip() is None and "cell-0" in z.read("messages.json").decode()
+
+
 class _AcceptingComet(http.server.BaseHTTPRequestHandler):
     """A Comet stand-in on loopback that accepts the key (the uploads themselves are recorded by UPLOAD_RECORDER)."""
 
@@ -259,8 +310,9 @@ class _AcceptingComet(http.server.BaseHTTPRequestHandler):
         pass
 
 
-# comet_ml's own offline uploader, replaced in the stage's processes by one that records what it was asked to send
-# (the real one speaks Comet's whole REST API, which no loopback stand-in here implements).
+# What `comet upload` (run by the stage's logger) calls to send an archive, replaced in the stage's processes by one
+# that records what it was asked to send (the real one speaks Comet's whole REST API, which no loopback stand-in here
+# implements). The command itself runs for real: its arguments, its API key, its exit status.
 UPLOAD_RECORDER = '''
 import os, comet_ml.offline
 
@@ -373,3 +425,24 @@ def test_report_stage_exits_1_on_a_cut_off_cell_record(tmp_path, capsys, monkeyp
         stage["main"]([f"paths.generate={tmp_path}", f"paths.report={tmp_path / 'report'}", "tracking.comet=false"])
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith("error: cell record ") and err.count("\n") == 1
+
+
+def test_a_failed_upload_raises_and_keeps_the_key_out_of_what_it_prints(tmp_path, monkeypatch, capfd):
+    """`comet upload` failing (here: its sender says no, after printing the key) is an error, so the cell is not
+    marked uploaded, and what the command printed is passed on with the key blanked out."""
+    from inpaint_sweep import tracking
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import os, sys, comet_ml.offline\n"
+        "def refuse(offline_archive_path, api_key, force_upload, **kwargs):\n"
+        "    print('sending with', os.environ['COMET_API_KEY'], file=sys.stderr)\n"
+        "    return False\n"
+        "comet_ml.offline.upload_single_offline_experiment = refuse\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("COMET_API_KEY", SENTINELS["COMET_API_KEY"])
+    (tmp_path / "comet.zip").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="comet upload .* exited 1"):
+        tracking.upload_archive(str(tmp_path / "comet.zip"))
+    printed = capfd.readouterr()
+    assert "sending with ***" in printed.err and SENTINELS["COMET_API_KEY"] not in printed.out + printed.err

@@ -2,24 +2,33 @@
 
 Online when COMET_API_KEY is set (and tracking.offline is false); otherwise an offline archive (.zip) per cell in
 the generate folder, uploadable later with `comet upload <zip>`. Comet's error tracking and auto-logging are off
-(see offline.py), and nothing is sent anywhere without a key.
+(see offline.py), and nothing is sent anywhere without a key. It uses comet_ml's documented Python API and its
+documented `comet upload` command; the few undocumented parts it still relies on say why where they are used, and a
+test pins each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # the stage prints one upload hint, not one per cell
+
+WORKERS = 16  # experiments the logger process writes at once: each mostly waits, on the server or its writer thread
+
 
 def is_online(offline_setting: bool) -> bool:
     """Log online only with a key, unless told not to, and only while the server answers and accepts the key."""
@@ -27,34 +36,73 @@ def is_online(offline_setting: bool) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def server_accepts_key(timeout: float = 5.0) -> bool:
-    """Ask the Comet server once per process whether it is reachable and takes COMET_API_KEY.
+def server_accepts_key() -> bool:
+    """Ask the Comet server once per process (`comet_ml.API().get_account_details()`) whether it is reachable and
+    takes COMET_API_KEY.
 
     On failure: one warning, and every cell of this process goes to an offline archive instead (uploadable later).
-    Without this check comet_ml retries each call for about 30 s and prints tracebacks.
+    Asked without comet_ml's retries and with its console quiet: with them an unreachable server holds the stage up
+    through a series of retries, each printing a warning, before the same answer.
     """
+    import comet_ml
     import requests
-    from comet_ml.config import get_comet_url_override
-    from comet_ml.utils import get_root_url
+    from comet_ml.exceptions import CometRestApiException  # what API() raises for an HTTP error (tests pin it)
 
-    root = get_root_url(get_comet_url_override(None))
-    try:
-        response = requests.get(
-            f"{root}/api/rest/v2/account-details",
-            headers={"Authorization": os.environ["COMET_API_KEY"]},
-            timeout=timeout,
-        )
-    except requests.RequestException as e:
-        log.warning("Comet server %s is unreachable (%s); logging to offline archives instead", root, type(e).__name__)
-        return False
-    if response.status_code in (401, 403):
-        log.warning("Comet server %s rejected COMET_API_KEY (HTTP %d); logging to offline archives instead",
-                    root, response.status_code)
-        return False
-    if not response.ok:
-        log.warning("Comet server %s answered HTTP %d; logging to offline archives instead", root, response.status_code)
-        return False
+    # COMET_HTTP_SESSION_RETRY_TOTAL: a comet_ml setting its reference does not list (Comet's cometx notes do);
+    # there is no documented way to ask once. test_faults.py pins it: a failing server is asked once per request.
+    with _environment(COMET_HTTP_SESSION_RETRY_TOTAL="0"), _quiet("comet_ml"):
+        try:
+            comet_ml.API().get_account_details()
+        except requests.RequestException as e:
+            server = _server(e.request.url if e.request is not None else "")
+            log.warning("Comet server %s is unreachable (%s); logging to offline archives instead", server,
+                        type(e).__name__)
+            return False
+        except CometRestApiException as e:
+            server, status = _server(e.response.url), e.response.status_code
+            if status in (401, 403):
+                log.warning("Comet server %s rejected COMET_API_KEY (HTTP %d); logging to offline archives instead",
+                            server, status)
+            else:
+                log.warning("Comet server %s answered HTTP %d; logging to offline archives instead", server, status)
+            return False
     return True
+
+
+def _server(url: str) -> str:
+    """scheme://host:port of a URL: what a warning names."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "(unknown)"
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the duration of a block (comet_ml reads its settings from them when it
+    builds a client)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Silence a library's log for the duration of a block: this module says what went wrong, once."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def log_cell(
@@ -69,31 +117,19 @@ def log_cell(
     images: dict[str, str],
     assets: dict[str, str] | None = None,
 ) -> str:
-    """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL."""
-    settings = dict(
-        project_name=project,
-        workspace=workspace,
-        log_code=False,
-        log_graph=False,
-        auto_param_logging=False,
-        auto_metric_logging=False,
-        parse_args=False,
-        auto_output_logging=False,
-        log_env_details=False,
-        log_git_metadata=False,
-        log_git_patch=False,
-        log_env_gpu=False,
-        log_env_host=False,
-        log_env_cpu=False,
-        display_summary_level=0,
-    )
-    experiment = _create_experiment(online, offline_dir, settings)
-    if online and not experiment.alive:  # the server stopped answering since the check: keep the log offline
+    """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL.
+
+    comet_ml keeps one experiment alive per process (starting one ends the one before), so a process logs its
+    experiments one after another; the logger process below runs several such processes.
+    """
+    experiment = start_experiment(online, offline_dir, project, workspace, name, tags)
+    # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
+    # not start (the server stopped answering since the check); test_faults.py pins it.
+    if online and not experiment.alive:
         log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
+        experiment.end()
         online = False
-        experiment = _create_experiment(False, offline_dir, settings)
-    experiment.set_name(name)
-    experiment.add_tags(tags)
+        experiment = start_experiment(False, offline_dir, project, workspace, name, tags)
     experiment.log_parameters(params)
     experiment.log_metrics(metrics)
     for image_name, path in images.items():
@@ -104,40 +140,53 @@ def log_cell(
     experiment.end()
     if online:
         return experiment.url
-    return str(Path(offline_dir) / f"{key}.zip")
+    archive = Path(offline_dir) / f"{key}.zip"  # the name comet_ml gives it (and prints in its upload hint)
+    if not archive.is_file():
+        raise RuntimeError(f"comet_ml wrote no offline archive {archive}")
+    return str(archive)
 
 
-_CREATE_LOCK = threading.Lock()
-
-
-def _create_experiment(online: bool, offline_dir, settings: dict):
-    """Create an experiment safely while other threads log theirs.
-
-    comet_ml keeps one global "current" experiment and, on creating a new one, ends the previous one from the
-    creating thread. With experiments logged in parallel that ends another thread's experiment while it is still
-    being written (seen here as a corrupt offline archive), so creation is serialised and the global cleared first.
-    """
+def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
+                     tags: list[str]):
+    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given."""
     import comet_ml
-    from comet_ml.config import set_global_experiment
 
-    with _CREATE_LOCK:
-        set_global_experiment(None)
-        if online:
-            return comet_ml.Experiment(**settings)
+    if not online:
         Path(offline_dir).mkdir(parents=True, exist_ok=True)
-        experiment = comet_ml.OfflineExperiment(offline_directory=str(offline_dir), **settings)
-        # Its writer thread polls its queue once a second, so end() waits up to a second after the last message:
-        # a second added to every sweep's end. Poll more often (read on each poll; missing in other versions: no-op).
-        streamer = getattr(experiment, "streamer", None)
-        if streamer is not None and hasattr(streamer, "queue_timeout"):
-            streamer.queue_timeout = 0.05
-        return experiment
+    config = comet_ml.ExperimentConfig(
+        name=name,
+        tags=tags,
+        offline_directory=None if online else str(offline_dir),
+        display_summary_level=0,
+        log_code=False,
+        log_graph=False,
+        parse_args=False,
+        log_git_metadata=False,
+        log_git_patch=False,
+        log_env_details=False,
+        log_env_gpu=False,
+        log_env_host=False,
+        log_env_cpu=False,
+        log_env_network=False,
+        log_env_disk=False,
+        auto_output_logging=False,
+        auto_param_logging=False,
+        auto_metric_logging=False,
+        auto_log_co2=False,
+    )
+    return comet_ml.start(project_name=project, workspace=workspace, mode="create", online=online,
+                          experiment_config=config)
 
 
-# The logger: a child process (`python -m inpaint_sweep.tracking`) fed one JSON line per experiment on its stdin, and
+# The logger: a child process (`python -c "...serve()"`) fed one JSON line per experiment on its stdin, and
 # answering one JSON line per experiment on its stdout ({"id", "where"} or {"id", "error"}). A separate process, not a
 # thread, so Comet's Python work never competes with generation for the GIL. It writes nothing of ours: the sweep
-# runner stores each archive with its cell and writes the record (records.py), once the answer comes.
+# runner stores each archive with its cell and writes the record (records.py), once the answer comes. It hands each
+# experiment to a pool of worker processes, one experiment at a time each (comet_ml's rule), forked from a server that
+# imported comet_ml once.
+
+
+LOGGER_MAIN = "import sys; from inpaint_sweep.tracking import serve; sys.exit(serve())"
 
 
 class CometLogger:
@@ -152,11 +201,13 @@ class CometLogger:
         self._reader = None
 
     def start(self) -> None:
-        """Start the process now (it imports comet_ml, about a second) so it is ready when the first cell is."""
+        """Start the process now (it starts its workers, which import comet_ml) so it is ready when the first cell
+        is."""
         with self._lock:
             if self._process is None:
-                self._process = subprocess.Popen([sys.executable, "-m", "inpaint_sweep.tracking"],
-                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                # `-c`, not `-m inpaint_sweep.tracking`: a worker process would import a `-m` module a second time.
+                self._process = subprocess.Popen([sys.executable, "-c", LOGGER_MAIN], stdin=subprocess.PIPE,
+                                                 stdout=subprocess.PIPE, text=True)
                 self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True,
                                                 name="comet-answers")
                 self._reader.start()
@@ -198,49 +249,65 @@ class CometLogger:
 
 
 def upload_archive(archive: str) -> str:
-    """Upload an offline archive with comet_ml's own offline uploader; returns the experiment's key."""
-    from comet_ml.offline import upload_single_offline_experiment
-    from comet_ml.offline_utils import extract_experiment_key_from_offline_file
+    """Upload an offline archive with comet_ml's documented command (`comet upload <archive>`, run as
+    `python -m comet_ml.scripts.comet_upload` with this Python, as comet_ml's command-line page shows); returns when
+    (UTC). comet_ml documents no Python function for this.
 
-    if not upload_single_offline_experiment(archive, os.environ["COMET_API_KEY"], force_upload=False,
-                                            display_level="error"):
-        raise RuntimeError(f"comet_ml did not upload {archive}")
-    return extract_experiment_key_from_offline_file(archive)
+    On failure the command's own account of why goes to stderr, with the API key blanked out, and this raises.
+    """
+    done = subprocess.run([sys.executable, "-m", "comet_ml.scripts.comet_upload", archive], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        said = done.stdout + done.stderr
+        key = os.environ.get("COMET_API_KEY")
+        sys.stderr.write(said.replace(key, "***") if key else said)
+        raise RuntimeError(f"`comet upload {archive}` exited {done.returncode}")
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _answer(job: dict) -> dict:
-    job_id = job.pop("id")
+def answer(job: dict) -> dict:
+    """In a worker process: log one experiment, or upload one archive; where it went, or why it did not."""
     try:
         if "upload" in job:
-            return {"id": job_id, "where": f"uploaded:{upload_archive(job['upload'])}"}
-        return {"id": job_id, "where": log_cell(**job)}
+            return {"where": f"uploaded:{upload_archive(job['upload'])}"}
+        return {"where": log_cell(**job)}
     except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
-        return {"id": job_id, "error": f"{type(e).__name__}: {e}"}
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
-def _serve() -> int:
+def serve(workers: int = WORKERS) -> int:
     """The logger process: log each experiment read from stdin, several at once, answering each on stdout."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage; what it already sent is still logged
-    out, out_lock = sys.stdout, threading.Lock()
-    sys.stdout = sys.stderr  # comet_ml's own prints must not mix with the answers
-
-    def work(line: str) -> None:
-        answer = _answer(json.loads(line))
-        with out_lock:
-            out.write(json.dumps(answer) + "\n")
-            out.flush()
-
-    # Several at once: an experiment spends most of its time waiting (on the server, or on comet_ml's writer thread),
-    # so parallel experiments overlap those waits.
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="comet-log") as pool:
-        for line in sys.stdin:
-            if line.strip():
-                pool.submit(work, line)
-    return 0
-
-
-if __name__ == "__main__":
     logging.basicConfig(format="[comet logger][%(levelname)s] %(message)s")
-    sys.exit(_serve())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage; what it already sent is still logged
+    answers, answers_lock = os.fdopen(os.dup(sys.stdout.fileno()), "w"), threading.Lock()
+    # Anything else printed to stdout, here, in the workers or by `comet upload`, goes to stderr: not among the answers.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+    def reply(job_id: int, done: Future) -> None:
+        try:
+            message = {"id": job_id, **done.result()}
+        except Exception as e:  # noqa: BLE001 - a worker process died: this experiment failed, the next may not
+            message = {"id": job_id, "error": f"{type(e).__name__}: {e}"}
+        with answers_lock:
+            answers.write(json.dumps(message) + "\n")
+            answers.flush()
+
+    # Workers are forked from a server that imported comet_ml once; each logs one experiment at a time, and several
+    # experiments overlap their waits. They ignore Ctrl-C, like this process.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["comet_ml", "inpaint_sweep.tracking"])
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=signal.signal,
+                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        pool.submit(os.getpid)  # start the server and a worker now, not when the first experiment comes
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            job = json.loads(line)
+            job_id = job.pop("id")
+            try:
+                done = pool.submit(answer, job)
+            except Exception as e:  # noqa: BLE001 - the pool broke: answer, and keep reading
+                done = Future()
+                done.set_exception(e)
+            done.add_done_callback(functools.partial(reply, job_id))
+    return 0
