@@ -82,7 +82,7 @@ def main() -> None:
     base_times, stage_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         models = f"{tmp}/models"
-        timed([python, "-c", "from inpaint_sweep.tiny_model import ensure_tiny_checkpoint as e; import sys; e(sys.argv[1])", models])
+        timed([python, "-c", "from inpaint_sweep.tiny_model import ensure_tiny_checkpoint as e; import sys; e(sys.argv[1], 0)", models])
         for r in range(args.repeat):
             Path(f"{tmp}/base{r}").mkdir()
             seconds, out = timed([python, "-c", BASELINE, f"{tmp}/base{r}", models, args.baseline])

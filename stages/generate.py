@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from inpaint_sweep import sweep
-from inpaint_sweep.cli import fail
+from inpaint_sweep.cli import fail, one_line_errors
+from inpaint_sweep.validate import precheck_command_line
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="params")  # params.yaml: see config.py
@@ -31,7 +32,7 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    sweep.precheck_command_line(sys.argv[1:])
+    one_line_errors(precheck_command_line)(sys.argv[1:])
     try:
         main()
     except KeyboardInterrupt:

@@ -9,7 +9,8 @@ import sys
 
 from inpaint_sweep import cli
 from inpaint_sweep.cases import load_cases
-from inpaint_sweep.config import check_config, load_config
+from inpaint_sweep.config import load_config
+from inpaint_sweep.validate import check_config
 from inpaint_sweep.masks import prepare
 
 

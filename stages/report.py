@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from inpaint_sweep import cli, tracking
-from inpaint_sweep.config import check_report_config, load_config
+from inpaint_sweep.config import load_config
+from inpaint_sweep.validate import check_report_config
 from inpaint_sweep.html_report import write_html
 from inpaint_sweep.report import build_report, log_report_to_comet, metric_columns
 

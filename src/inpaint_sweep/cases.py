@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -104,3 +105,22 @@ def load_cases(manifest: str | Path) -> list[Case]:
         check_box(box, size, where)
         cases.append(Case(id=case_id, image=image, box=box, prompt=prompt.strip(), size=size))
     return cases
+
+
+class Prompts(NamedTuple):
+    prompt: str
+    negative_prompt: str
+    replacement: str | None  # the prompt_sr value the cell uses; None without search/replace
+
+
+def prompt_variants(case_id: str, case_prompt: str, prompt: str | None, negative_prompt: str,
+                    prompt_sr) -> list[Prompts]:
+    """The prompts of one case's cells in a combination: its `prompt` (null: the case's own) and negative prompt;
+    with `prompt_sr` [find, a, b, ...] (A1111's Prompt S/R), one cell per value, each replacing `find` in both."""
+    text = case_prompt if prompt is None else prompt
+    if not prompt_sr:
+        return [Prompts(text, negative_prompt, None)]
+    find = prompt_sr[0]
+    if find not in text:
+        raise ConfigError(f"case {case_id}: prompt_sr looks for {find!r}, which its prompt {text!r} does not contain")
+    return [Prompts(text.replace(find, v), negative_prompt.replace(find, v), v) for v in prompt_sr]

@@ -31,7 +31,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
-from .config import SWEEP_AXES, ConfigError, load_settings
+from .cases import Prompts, prompt_variants
+from .config import SWEEP_AXES, load_settings
 from .identity import FINGERPRINT_KEYS, Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint
 from .identity import task_container
 from .images import load_photo, save_image, to_mask_image
@@ -43,25 +44,6 @@ from .store import CellStore, show, write_failed
 
 log = logging.getLogger(__name__)
 STATUSES = ("done", "skipped", "failed")
-
-
-class Prompts(NamedTuple):
-    prompt: str
-    negative_prompt: str
-    replacement: str | None  # the prompt_sr value the cell uses; None without search/replace
-
-
-def prompt_variants(case_id: str, case_prompt: str, prompt: str | None, negative_prompt: str,
-                    prompt_sr) -> list[Prompts]:
-    """The prompts of one case's cells in a combination: its `prompt` (null: the case's own) and negative prompt;
-    with `prompt_sr` [find, a, b, ...] (A1111's Prompt S/R), one cell per value, each replacing `find` in both."""
-    text = case_prompt if prompt is None else prompt
-    if not prompt_sr:
-        return [Prompts(text, negative_prompt, None)]
-    find = prompt_sr[0]
-    if find not in text:
-        raise ConfigError(f"case {case_id}: prompt_sr looks for {find!r}, which its prompt {text!r} does not contain")
-    return [Prompts(text.replace(find, v), negative_prompt.replace(find, v), v) for v in prompt_sr]
 
 
 class PlannedCell(NamedTuple):

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, check_pickle_allowed
+from .config import ConfigError
+from .validate import check_pickle_allowed
 from .workspace import shared_path
 
 log = logging.getLogger(__name__)

@@ -130,10 +130,8 @@ class CellRecord:
         if not record.config:
             record.config = {key: d[name] for name, key in RECORD_SETTINGS.items() if name in d}
         if not record.images:
-            from .inpaint import seed_list
-
             seeds = record.config.get("seed", record.seed if record.seed is not None else 0)
-            record.images = [ImageEntry(seed=s, path=None) for s in seed_list(seeds)]
+            record.images = [ImageEntry(seed=s, path=None) for s in (seeds if isinstance(seeds, list) else [seeds])]
         return record
 
     def to_dict(self) -> dict:

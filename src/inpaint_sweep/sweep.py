@@ -1,7 +1,7 @@
 """The generate stage's sweep, as the launching process runs it: check everything, then make the grid's cells.
 
-1. Check: the command line (before Hydra starts), the launcher, every combination's config and the prepared cases,
-   before anything is written (one line and exit code 2 for a bad value).
+1. Check (validate.py): the command line (before Hydra starts), the launcher, every combination's config and the
+   prepared cases, before anything is written (one line and exit code 2 for a bad value).
 2. `Sweep` (a context manager: the view's lock, the cell store, the view) plans the cells: the id of every cell of
    every combination. A cell already in the store (its files verified) is shown in the view at once; only the
    combinations with a cell to compute (or a Comet log to send) are launched, several per Hydra job
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -20,16 +19,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .cells import CellMaker, Identities, prompt_variants
+from .cells import CellMaker, Identities
 from .cli import one_line_errors
-from .config import ConfigError, check_config, load_settings
-from .grid import Composer, batches, grid_values, parse, set_values
+from .config import load_settings
+from .grid import Composer, batches, parse, set_values
 from .identity import Digests
 from .logbook import needs_work
-from .records import RECORD, load_prepared, read_record
+from .records import read_record
 from .store import CellStore, ViewLock, prune, show
+from .validate import check_inputs, check_launcher
 from .workspace import shared_path
 
 EXIT_CELLS_FAILED = 1
@@ -275,72 +275,3 @@ def parallel_workers(launcher: DictConfig) -> int:
     if n_jobs is not None:
         return os.cpu_count() or 1 if n_jobs == -1 else max(1, n_jobs)
     return max(1, launcher.get("array_parallelism") or 1)
-
-
-# -- checks ------------------------------------------------------------------------------------------------------------
-
-def check_inputs(configs: list[DictConfig]) -> None:
-    """Every combination's config is valid, the prepared cases exist, and every combination's prompts apply to each
-    case (prompt_sr finds its text)."""
-    for cfg in configs:
-        check_config(cfg)
-    cases = load_prepared(configs[0].paths.prepare)
-    for cfg in configs:
-        for case in cases:
-            prompt_variants(case.id, case.prompt, cfg.prompt, cfg.negative_prompt, cfg.prompt_sr)
-
-
-def check_launcher(launcher: DictConfig) -> None:
-    """The parallel launchers' worker counts, which they would otherwise refuse with a traceback mid-start."""
-    n_jobs = launcher.get("n_jobs")
-    if n_jobs is not None and (n_jobs == 0 or n_jobs < -1):
-        raise ConfigError(f"hydra.launcher.n_jobs must be >= 1 (or -1: one job per CPU core), got "
-                          f"hydra.launcher.n_jobs={n_jobs}")
-
-
-@one_line_errors
-def precheck_command_line(argv: list[str]) -> None:
-    """Type-check the command line's plain overrides (steps=abc, a typo'd key) before Hydra starts, so they fail with
-    the same one-line error and exit code 2 as every other bad value; Hydra's own report spans several lines.
-    A swept preset (model=a,b) is checked with each of its choices; glob() choices and hydra.* are left to Hydra."""
-    from hydra.errors import OverrideParseException
-
-    from .config import load_config
-
-    for arg in argv:  # `+key=value` adds a key the schema does not know: nothing would read it
-        if arg.startswith("+") and "=" in arg and not arg.lstrip("+").startswith("hydra"):
-            key = arg.lstrip("+").split("=", 1)[0]
-            raise ConfigError(f"unknown key {key!r} in {arg!r}: the typed config has no such key (nothing would read "
-                              "it); see `python stages/generate.py --help` for the keys")
-
-    # 1. Texts with spaces, commas or brackets need Hydra's quotes; say which quotes, in one line.
-    for i, arg in enumerate(argv):
-        if i and "=" not in arg and not arg.startswith("-") and "=" in argv[i - 1] and not argv[i - 1].startswith("-"):
-            words = list(itertools.takewhile(lambda a: "=" not in a and not a.startswith("-"), argv[i:]))
-            raise ConfigError(f"{arg!r} is not key=value: the shell split {' '.join([argv[i - 1], *words])!r} at its "
-                              f"spaces; {_quoting(argv[i - 1] + ' ' + ' '.join(words))}")
-    for arg in argv:
-        if "=" in arg and not arg.startswith("-"):
-            try:
-                parse([arg])
-            except OverrideParseException as e:
-                raise ConfigError(f"cannot read {arg!r} ({str(e).splitlines()[0]}); {_quoting(arg)}") from None
-
-    # 2. Types and keys.
-    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
-    groups = [a for a in overrides if a.split("=", 1)[0] == "model"]
-    plain = grid_values({}, [a for a in overrides if a not in groups])
-    if any("glob(" in g for g in groups):
-        return  # glob() needs the preset folder's listing: Hydra checks it
-    choices = [[f"model={c}" for c in found] for found in grid_values({}, groups[-1:]).values()]
-    for group_overrides in itertools.product(*choices):
-        base = load_config(list(group_overrides))
-        for key, found in plain.items():
-            for value in found:
-                OmegaConf.update(base.copy(), key, value, merge=False)
-
-
-def _quoting(override: str) -> str:
-    key, value = override.split("=", 1)
-    return (f"a text holding spaces, commas or brackets goes in single quotes inside double quotes: "
-            f"{key}=\"'{value.strip()}'\" (several: {key}=\"'one, two','three'\")")
