@@ -65,11 +65,11 @@ def test_phone_photo_is_prepared_upright_and_the_box_lands_on_what_the_user_sees
     outside = prepared[~mask].mean(axis=0)
     assert np.abs(inside - RED).max() < 12 and np.abs(outside - BLUE).max() < 12  # JPEG: close, not exact
     assert Image.open(folder / "overlay.png").size == (120, 60)
-    # What generate decodes (runner.decode_inputs, the loader) is that upright photo.
+    # What generate decodes (cells.decode_inputs, the loader) is that upright photo: the base mask, not grown.
+    from inpaint_sweep.cells import decode_inputs
     from inpaint_sweep.records import PreparedCase
-    from inpaint_sweep.runner import decode_inputs
 
-    image, decoded_mask, _ = decode_inputs(PreparedCase.from_dict(record))
+    image, decoded_mask, _ = decode_inputs(PreparedCase.from_dict(record), dilate=0, feather=0, clip=False)
     assert image.size == (120, 60) and (decoded_mask == mask).all()
 
 
