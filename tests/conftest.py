@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny seeded models, a prepared case on disk, and the environment for stage subprocesses."""
+"""Shared fixtures and helpers: tiny seeded models, a prepared case on disk, the stages' main() and generate in this
+process, fake cell records, the settings a function takes from params.yaml, and the environment for stage
+subprocesses."""
 
 from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -11,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 import inpaint_sweep  # noqa: F401  (sets the offline switches before anything else is imported)
 from inpaint_sweep.config import REPO_ROOT
+from inpaint_sweep.images import save_image, to_mask_image, write_json
 
 BIN = Path(sys.executable).parent
 
@@ -47,12 +52,91 @@ def photo() -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
 
 
+def _stage_main(name: str):
+    """The main() of stages/<name>.py, run in this process, without its one-line-error wrapper: a bad input raises
+    ConfigError, whose words a test can read (test_prepare.py runs a stage once in its own process for the `error:`
+    line and exit code 2 that the wrapper makes of it)."""
+    return runpy.run_path(str(REPO_ROOT / "stages" / f"{name}.py"))["main"].__wrapped__
+
+
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory) -> Path:
+def prepare_stage(_run_from_repo_root):
+    """stages/prepare.py's main(overrides) in this process: returns the case records it wrote."""
+    return _stage_main("prepare")
+
+
+@pytest.fixture(scope="session")
+def report_stage(_run_from_repo_root):
+    """stages/report.py's main(overrides) in this process (pass tracking.comet=false: Comet is the stage test's)."""
+    return _stage_main("report")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, prepare_stage) -> Path:
     """The default manifest prepared once (the sample photo, box mask), for the tests that generate from it."""
     out = tmp_path_factory.mktemp("prepared")
-    run(["python", "stages/prepare.py", f"paths.prepare={out}"])
+    prepare_stage([f"paths.prepare={out}"])
     return out
+
+
+@pytest.fixture(scope="session")
+def manifest():
+    """write(folder, entries, photo=None) -> the path of a cases.yaml holding `entries` (and photo.png beside it)."""
+
+    def write(folder: Path, entries: list[dict], photo: Image.Image | None = None) -> Path:
+        if photo is not None:
+            photo.save(folder / "photo.png")
+        path = folder / "cases.yaml"
+        path.write_text(yaml.safe_dump(entries))
+        return path
+
+    return write
+
+
+# 3 guidance x 2 strength x 2 steps x 2 negative prompts: the default grid of params.yaml.
+GRID = {"guidance": (5.0, 7.5, 12.0), "strength": (0.75, 1.0), "steps": (4, 8), "negative_prompt": ("", "cartoon")}
+
+
+def _fake_cells(root: Path, grid: dict = GRID, seeds=(0,), failed=(), same_pixels=False) -> int:
+    rng = np.random.default_rng(0)
+    save_image(Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)), root / "input.png")
+    mask = np.zeros((40, 30), bool)
+    mask[10:30, 5:20] = True
+    save_image(to_mask_image(mask), root / "mask.png")
+    n = 0
+    for g in grid["guidance"]:
+        for s in grid["strength"]:
+            for st in grid["steps"]:
+                for neg in grid["negative_prompt"]:
+                    cid = f"case-{n:03d}"
+                    n += 1
+                    ok = (g, s, st, neg) not in failed
+                    images = []
+                    for seed in seeds if ok else ():
+                        path = root / "cells" / cid / f"seed-{seed}.png"
+                        pixels = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+                        save_image(Image.fromarray(np.zeros_like(pixels) if same_pixels else pixels), path)
+                        images.append({"seed": seed, "path": str(path), "metrics": {
+                            "seconds": 0.1 * n, "peak_memory_mb": 500.0 + n, "drift_mae": 0.01 * n,
+                            "drift_psnr": 30.0 - n, "change_inside_mae": 0.2}})
+                    write_json({"cell_id": cid, "status": "ok" if ok else "failed",
+                                "error": None if ok else "RuntimeError: boom", "case": "case", "prompt": "a red fox",
+                                "steps": st, "guidance": g, "strength": s, "negative_prompt": neg,
+                                "seed": seeds[0] if len(seeds) == 1 else list(seeds), "model": "tiny",
+                                "model_id": "builtin/tiny-sd-inpaint", "model_revision": "v2-seed0",
+                                "working_size": [24, 32], "sweep_id": "sweep-1", "input": str(root / "input.png"),
+                                "mask": str(root / "mask.png"), "images": images,
+                                "comet": f"results/generate/comet/{cid}.zip"},
+                               root / "cells" / cid / "record.json")
+    return n
+
+
+@pytest.fixture(scope="session")
+def fake_cells():
+    """write(root, grid=GRID, seeds=(0,), failed=(), same_pixels=False) -> number of cells: cell folders under
+    root/cells as generate writes them (a record + one random PNG per seed; `failed` holds (guidance, strength, steps,
+    negative_prompt) tuples of failed cells), and the case's input.png and mask.png in root."""
+    return _fake_cells
 
 
 def stage_env(**extra) -> dict:
@@ -168,6 +252,10 @@ def generate_here(tmp: Path, prepared: Path, model_cache: Path, *args: str, view
     if summary is not None and summary.failed:
         code = 1
     return Ran(code, out.getvalue(), err.getvalue(), summary)
+
+
+# -- the settings a function takes from the config, as params.yaml sets them -----------------------------------------
+
 def prepare_settings(**overrides) -> dict:
     """masks.prepare's keyword arguments (mask.*) as params.yaml sets them, with `overrides`: the functions have no
     defaults of their own, so a test states what it changes and takes the rest from the one config."""
@@ -178,3 +266,12 @@ def prepare_settings(**overrides) -> dict:
                     classes=list(m.classes), on_miss=m.on_miss, clip=m.clip_to_box, holes=m.fill_holes,
                     min_area=m.min_area, overlay_alpha=m.overlay_alpha)
     return {**settings, **overrides}
+
+
+def report_settings(**overrides) -> dict:
+    """report.build_report's keyword arguments (report.*) as params.yaml sets them, no CLIP model, with `overrides`."""
+    from inpaint_sweep.config import load_config
+
+    r = load_config().report
+    return {"rows": r.rows, "cols": r.cols, "cell_size": r.cell_size, "max_megapixels": r.max_megapixels,
+            "clip": None, **overrides}

@@ -1,6 +1,6 @@
 """The HTML report in real headless Chromium, opened from disk: every image decodes, the charts are drawn, the table
 sorts and pages, the difference heatmap and mask outline toggle, nothing is fetched from a network, and a screenshot
-is saved as a test artefact.
+is saved as a test artefact. One Chromium run does both (it starts in a second or three).
 
 Chromium is Debian's `chromium` package; `make test` installs it when missing.
 """
@@ -8,6 +8,7 @@ Chromium is Debian's `chromium` package; `make test` installs it when missing.
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 from inpaint_sweep.html_report import write_html
 from inpaint_sweep.report import build_report, metric_columns
 
-from test_report import fake_cells, report_settings
+from conftest import report_settings
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -67,7 +68,7 @@ window.addEventListener("load", function () {
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(tmp_path_factory, fake_cells):
     """A report of the default 24-cell grid with one failed cell, written as the report stage writes it."""
     root = tmp_path_factory.mktemp("browser")
     fake_cells(root / "generate", failed={(12.0, 0.75, 4, "cartoon")})
@@ -78,21 +79,25 @@ def page(tmp_path_factory):
                       comet), report
 
 
-def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
-def test_every_image_decodes_and_the_table_sorts(page, tmp_path):
-    index, report = page
+@pytest.fixture(scope="module")
+def shown(page, tmp_path_factory) -> tuple[dict, Path]:
+    """Open the page in Chromium once: what the check script saw in the page (JSON), and a screenshot."""
+    index, _ = page
     check = index.with_name("check.html")  # beside the page, so its relative image paths resolve the same way
     # Lazy images load only when scrolled to; the check wants every image decoded, so it loads them all at once.
     check.write_text(index.read_text().replace('loading="lazy" ', "").replace("</body>", CHECK))
-    result = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
-    assert result.returncode == 0, result.stderr[-2000:]
+    shot = tmp_path_factory.mktemp("screenshot") / "report.png"  # the test artefact: look at it under pytest's tmp
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={shot.parent / 'profile'}", "--window-size=1280,2400",
+           "--hide-scrollbars", "--virtual-time-budget=10000", f"--screenshot={shot}", "--dump-dom", check.as_uri()]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     start = result.stdout.index('<pre id="check-result">') + len('<pre id="check-result">')
-    seen = json.loads(result.stdout[start:result.stdout.index("</pre>", start)])
+    return json.loads(result.stdout[start:result.stdout.index("</pre>", start)]), shot
 
+
+def test_every_image_decodes_and_the_table_sorts(page, shown):
+    _, report = page
+    seen, _ = shown
     assert seen["title"] == "inpaint-sweep report"
     assert seen["broken"] == [] and seen["thumbs"] == 23  # grids, thumbnails, outlines: all decoded
     assert seen["pager"] == "page 1 of 1 (24 images)"
@@ -110,12 +115,8 @@ def test_every_image_decodes_and_the_table_sorts(page, tmp_path):
     assert [float(v) for v in seen["descending"] if v != ""] == sorted(values, reverse=True)
 
 
-def test_screenshot_of_the_report(page, tmp_path):
-    index, _ = page
-    shot = tmp_path / "report.png"  # the test artefact: look at it under pytest's tmp folder
-    result = chromium(tmp_path, "--window-size=1280,2400", "--hide-scrollbars", "--virtual-time-budget=10000",
-                      f"--screenshot={shot}", index.as_uri())
-    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+def test_screenshot_of_the_report(shown):
+    _, shot = shown
     print(f"screenshot: {shot}")
     with Image.open(shot) as im:
         pixels = np.asarray(im.convert("RGB")).astype(int)

@@ -21,7 +21,7 @@ from inpaint_sweep.tiny_model import (
     save_single_file,
 )
 
-from conftest import prepare_settings, run
+from conftest import run
 
 CALL = dict(prompt="a realistic green dragon", negative_prompt="cartoon", steps=2, guidance=7.5, strength=1.0, size=64)
 
@@ -121,12 +121,8 @@ def test_tiny_sdxl_runs_through_the_local_folder_path(sdxl_folder, photo):
     assert np.isfinite(metrics_a["drift_mae"]) and np.isfinite(metrics_a["change_inside_mae"])
 
 
-def test_tiny_sdxl_through_the_stage_with_a_scheduler_sweep(tmp_path, sdxl_folder):
-    from inpaint_sweep.cases import load_cases
-    from inpaint_sweep.masks import prepare
-
-    prep, gen = tmp_path / "prep", tmp_path / "gen"
-    prepare(load_cases("data/cases.yaml"), prep, **prepare_settings(method="box"))  # in process: no stage start-up
+def test_tiny_sdxl_through_the_stage_with_a_scheduler_sweep(tmp_path, sdxl_folder, prepared):
+    prep, gen = prepared, tmp_path / "gen"
     result = run([
         "python", "stages/generate.py", "-m", "model=local", f"model.id={sdxl_folder}", "model.size=64",
         "model.scheduler=ddim,euler_a",

@@ -1,36 +1,30 @@
 """Photos as a viewer shows them: EXIF orientation applied, any bit depth or pixel mode turned into the 8-bit RGB picture
-it shows, transparency composited on white with one warning, and an undecodable file stopped in one line (exit 2).
+it shows, transparency composited on white with one warning, and an undecodable file stopped with a sentence naming
+the case and the file (which the stage prints as one line with exit code 2: tests/test_prepare.py runs it).
 
 Every test image is made here (numpy + Pillow) and most go through the real prepare stage (its main(), in-process).
 """
 
-import re
-import runpy
-
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from inpaint_sweep.config import REPO_ROOT, ConfigError
+from inpaint_sweep.config import ConfigError
 from inpaint_sweep.images import load_photo
-
-from conftest import run
 
 RED, BLUE = (220, 20, 20), (20, 40, 200)
 
 
-@pytest.fixture(scope="module")
-def prepare_main():
-    return runpy.run_path(str(REPO_ROOT / "stages" / "prepare.py"))["main"]
+@pytest.fixture
+def prepare_one(tmp_path, manifest, prepare_stage):
+    """prepare_one(image, box, case_id="c1") -> (its record, its folder): the prepare stage on a one-case manifest."""
 
+    def prepare(image: str, box, case_id="c1"):
+        cases = manifest(tmp_path, [{"id": case_id, "image": image, "box": box, "prompt": "x"}])
+        (record,) = prepare_stage([f"cases={cases}", f"paths.prepare={tmp_path / 'out'}", "mask.method=box"])
+        return record, tmp_path / "out" / case_id
 
-def prepare_one(tmp_path, prepare_main, image: str, box, case_id="c1", method="box"):
-    manifest = tmp_path / "cases.yaml"
-    manifest.write_text(yaml.safe_dump([{"id": case_id, "image": image, "box": box, "prompt": "x"}]))
-    out = tmp_path / "out"
-    (record,) = prepare_main([f"cases={manifest}", f"paths.prepare={out}", f"mask.method={method}"])
-    return record, out / case_id
+    return prepare
 
 
 def gradient(width=64, height=32) -> np.ndarray:
@@ -51,7 +45,7 @@ def upright_scene() -> Image.Image:
 
 @pytest.mark.parametrize("orientation, stored_as", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
                                                     (3, Image.Transpose.ROTATE_180)])
-def test_phone_photo_is_prepared_upright_and_the_box_lands_on_what_the_user_sees(tmp_path, prepare_main, orientation,
+def test_phone_photo_is_prepared_upright_and_the_box_lands_on_what_the_user_sees(tmp_path, prepare_one, orientation,
                                                                                   stored_as):
     # A phone stores the sensor's pixels (here sideways or upside down) and an EXIF tag saying how to show them.
     exif = Image.Exif()
@@ -60,7 +54,7 @@ def test_phone_photo_is_prepared_upright_and_the_box_lands_on_what_the_user_sees
     with Image.open(tmp_path / "phone.jpg") as stored:
         assert stored.size == ((60, 120) if orientation != 3 else (120, 60))  # as stored: not what a viewer shows
     box = [80, 10, 115, 50]  # drawn on the upright view; lies outside the sideways 60x120 pixels
-    record, folder = prepare_one(tmp_path, prepare_main, "phone.jpg", box)
+    record, folder = prepare_one("phone.jpg", box)
     assert record["image_size"] == [120, 60] and record["box"] == box
     assert record["source_image"].endswith("phone.jpg") and record["image"] == str(folder / "image.png")
     # generate reads image.png: upright, so its outputs are saved upright; the mask covers the red patch exactly.
@@ -71,23 +65,23 @@ def test_phone_photo_is_prepared_upright_and_the_box_lands_on_what_the_user_sees
     outside = prepared[~mask].mean(axis=0)
     assert np.abs(inside - RED).max() < 12 and np.abs(outside - BLUE).max() < 12  # JPEG: close, not exact
     assert Image.open(folder / "overlay.png").size == (120, 60)
-    # What generate decodes (runner.decode_inputs, the loader) is that upright photo.
+    # What generate decodes (cells.decode_inputs, the loader) is that upright photo: the base mask, not grown.
+    from inpaint_sweep.cells import decode_inputs
     from inpaint_sweep.records import PreparedCase
-    from inpaint_sweep.runner import decode_inputs
 
-    image, decoded_mask, _ = decode_inputs(PreparedCase.from_dict(record))
+    image, decoded_mask, _ = decode_inputs(PreparedCase.from_dict(record), dilate=0, feather=0, clip=False)
     assert image.size == (120, 60) and (decoded_mask == mask).all()
 
 
 # 2. Bit depths and pixel modes ------------------------------------------------------------------------------------
 
 
-def test_16_bit_png_is_prepared_as_the_photo_not_white(tmp_path, prepare_main):
+def test_16_bit_png_is_prepared_as_the_photo_not_white(tmp_path, prepare_one):
     source = (gradient() * 65535).astype(np.uint16)
     Image.fromarray(source).save(tmp_path / "deep.png")  # mode I;16: Pillow's convert("RGB") made this all white
     with Image.open(tmp_path / "deep.png") as opened:
         assert opened.mode == "I;16"
-    record, folder = prepare_one(tmp_path, prepare_main, "deep.png", [10, 5, 40, 25])
+    record, folder = prepare_one("deep.png", [10, 5, 40, 25])
     prepared = np.asarray(Image.open(record["image"])).astype(float)
     assert prepared.shape == (32, 64, 3) and (prepared[..., 0] == prepared[..., 2]).all()
     assert abs(prepared.mean() - source.mean() / 257) < 1.0  # scaled by the bit depth: mean ~127.5, not 255
@@ -137,7 +131,7 @@ def test_every_pixel_mode_becomes_the_8_bit_rgb_picture_it_shows(tmp_path, mode)
 
 
 @pytest.mark.parametrize("kind", ["RGBA", "LA", "P"])
-def test_transparent_pixels_are_composited_on_white_with_one_warning_naming_the_case(tmp_path, prepare_main, capsys,
+def test_transparent_pixels_are_composited_on_white_with_one_warning_naming_the_case(tmp_path, prepare_one, capsys,
                                                                                      kind):
     rgba = np.zeros((40, 60, 4), np.uint8)
     rgba[..., :3], rgba[..., 3] = (30, 90, 30) if kind != "LA" else (60, 60, 60), 255
@@ -150,7 +144,7 @@ def test_transparent_pixels_are_composited_on_white_with_one_warning_naming_the_
         Image.fromarray(rgba).convert(kind).save(tmp_path / "cutout.png")
     with Image.open(tmp_path / "cutout.png") as opened:
         assert opened.mode == kind
-    record, _ = prepare_one(tmp_path, prepare_main, "cutout.png", [5, 5, 30, 30], case_id="cutout")
+    record, _ = prepare_one("cutout.png", [5, 5, 30, 30], case_id="cutout")
     prepared = np.asarray(Image.open(record["image"]))
     assert (prepared[:, 40:] == 255).all()  # white, not black
     assert np.abs(prepared[:, :40].astype(int) - (rgba[0, 0, :3] if kind != "LA" else 60)).max() <= 1
@@ -176,33 +170,26 @@ def _truncated_jpeg(path):
 
 
 @pytest.mark.parametrize("kind, reason", [
-    ("truncated", "OSError: image file is truncated"),
+    ("truncated", "OSError: image file is truncated ("),  # then "<n> bytes not processed))"
     ("text", "UnidentifiedImageError"),
-    ("empty", "ValueError: the file is empty (0 bytes)"),
+    ("empty", "ValueError: the file is empty (0 bytes))"),
 ])
-def test_an_undecodable_photo_stops_prepare_in_one_line_naming_the_case_and_the_file(tmp_path, prepare_main, capsys,
-                                                                                     kind, reason):
+def test_an_undecodable_photo_stops_prepare_with_a_sentence_naming_the_case_and_the_file(tmp_path, prepare_one, capsys,
+                                                                                        kind, reason):
     bad = tmp_path / "bad.jpg"
     if kind == "truncated":
         _truncated_jpeg(bad)
     else:
         bad.write_text("this is not a photo\n" if kind == "text" else "")
-    with pytest.raises(SystemExit) as stop:
-        prepare_one(tmp_path, prepare_main, "bad.jpg", [0, 0, 10, 10], case_id="broken")
-    assert stop.value.code == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: case 'broken': image 'bad.jpg' does not decode as an image (") and reason in line
+    with pytest.raises(ConfigError) as e:
+        prepare_one("bad.jpg", [0, 0, 10, 10], case_id="broken")
+    message = str(e.value)
+    assert message.startswith(f"case 'broken': image 'bad.jpg' does not decode as an image ({reason}")
+    assert "\n" not in message and message.endswith(")")
+    if kind == "truncated":
+        assert message.endswith(" bytes not processed))")
+    assert not capsys.readouterr().err  # nothing else is printed: the stage's `error:` line will be the only one
     assert not (tmp_path / "out").exists()  # stopped while checking the manifest, before any case was written
-
-
-def test_truncated_jpeg_from_the_command_line_is_one_line_and_exit_2(tmp_path):
-    _truncated_jpeg(tmp_path / "cut.jpg")
-    manifest = tmp_path / "cases.yaml"
-    manifest.write_text(yaml.safe_dump([{"id": "cut", "image": "cut.jpg", "box": [0, 0, 10, 10], "prompt": "x"}]))
-    result = run(["python", "stages/prepare.py", f"cases={manifest}", f"paths.prepare={tmp_path}/out"], check=False)
-    assert result.returncode == 2
-    assert re.fullmatch(r"error: case 'cut': image 'cut.jpg' does not decode as an image \(OSError: image file is "
-                        r"truncated \(\d+ bytes not processed\)\)\n", result.stderr)
 
 
 def test_a_photo_broken_after_prepare_fails_its_cells_with_the_loaders_sentence(tmp_path):

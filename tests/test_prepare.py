@@ -4,7 +4,6 @@ by IoU with the box and cleaned by exact pixel amounts; each case gets its files
 
 import csv
 import json
-import runpy
 
 import numpy as np
 import pytest
@@ -52,29 +51,21 @@ BUS = REPO_ROOT / "data" / "images" / "bus.jpg"
 BUS_BOX = (40, 390, 260, 910)
 
 
-def write_manifest(tmp_path, entries, photo=None):
-    if photo is not None:
-        photo.save(tmp_path / "photo.png")
-    path = tmp_path / "cases.yaml"
-    path.write_text(yaml.safe_dump(entries))
-    return path
-
-
-def test_manifest_loads_with_defaults(tmp_path, photo):
-    path = write_manifest(tmp_path, [{"image": "photo.png", "box": [10, 20, 60, 70], "prompt": " a dragon "}], photo)
+def test_manifest_loads_with_defaults(tmp_path, manifest, photo):
+    path = manifest(tmp_path, [{"image": "photo.png", "box": [10, 20, 60, 70], "prompt": " a dragon "}], photo)
     (case,) = load_cases(path)
     assert case.id == "photo_10_20_60_70" and case.box == (10, 20, 60, 70) and case.prompt == "a dragon"
     assert case.size == (100, 80)
 
 
-def test_default_ids_are_stable_when_cases_are_added_or_reordered(tmp_path, photo):
+def test_default_ids_are_stable_when_cases_are_added_or_reordered(tmp_path, manifest, photo):
     a = {"image": "photo.png", "box": [10, 20, 60, 70], "prompt": "x"}
     b = {"image": "photo.png", "box": [0, 0, 30, 30], "prompt": "y"}  # a second box on the same image: a second case
-    first = [c.id for c in load_cases(write_manifest(tmp_path, [a], photo))]
-    later = [c.id for c in load_cases(write_manifest(tmp_path, [b, a]))]
+    first = [c.id for c in load_cases(manifest(tmp_path, [a], photo))]
+    later = [c.id for c in load_cases(manifest(tmp_path, [b, a]))]
     assert first == ["photo_10_20_60_70"] and later == ["photo_0_0_30_30", "photo_10_20_60_70"]
     with pytest.raises(ConfigError, match="duplicate id='photo_10_20_60_70'.*give each case its own id"):
-        load_cases(write_manifest(tmp_path, [a, {**a, "prompt": "another prompt, same box"}]))
+        load_cases(manifest(tmp_path, [a, {**a, "prompt": "another prompt, same box"}]))
 
 
 @pytest.mark.parametrize(
@@ -92,20 +83,20 @@ def test_default_ids_are_stable_when_cases_are_added_or_reordered(tmp_path, phot
         ({"id": "a b", "image": "photo.png", "box": [1, 2, 30, 40], "prompt": "x"}, "id may hold only"),
     ],
 )
-def test_bad_case_is_named(tmp_path, photo, entry, words):
-    path = write_manifest(tmp_path, [entry], photo)
+def test_bad_case_is_named(tmp_path, manifest, photo, entry, words):
+    path = manifest(tmp_path, [entry], photo)
     with pytest.raises(ConfigError) as e:
         load_cases(path)
     assert words in str(e.value)
 
 
-def test_duplicate_ids_and_undecodable_images(tmp_path, photo):
+def test_duplicate_ids_and_undecodable_images(tmp_path, manifest, photo):
     entry = {"id": "a", "image": "photo.png", "box": [1, 2, 30, 40], "prompt": "x"}
     with pytest.raises(ConfigError, match="duplicate id='a'"):
-        load_cases(write_manifest(tmp_path, [entry, entry], photo))
+        load_cases(manifest(tmp_path, [entry, entry], photo))
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ConfigError, match="'bad.jpg' does not decode as an image"):
-        load_cases(write_manifest(tmp_path, [{**entry, "image": "bad.jpg"}]))
+        load_cases(manifest(tmp_path, [{**entry, "image": "bad.jpg"}]))
 
 
 @given(st.lists(st.integers(-10_000, 10_000), min_size=4, max_size=4))
@@ -305,12 +296,12 @@ def test_contact_sheet_labels_every_tile(photo):
     assert not (strips[0] == strips[1]).all()  # different ids, different ink
 
 
-def test_prepare_writes_files_per_case_a_table_and_a_contact_sheet(tmp_path, photo):
+def test_prepare_writes_files_per_case_a_table_and_a_contact_sheet(tmp_path, manifest, photo):
     entries = [
         {"id": "c1", "image": "photo.png", "box": [10, 20, 60, 70], "prompt": "x"},
         {"image": "photo.png", "box": [50, 5, 95, 40], "prompt": "y"},
     ]
-    cases = load_cases(write_manifest(tmp_path, entries, photo))
+    cases = load_cases(manifest(tmp_path, entries, photo))
     records = prepare(cases, tmp_path / "out", **prepare_settings(method="ellipse"))
     for record, case in zip(records, cases):
         folder = tmp_path / "out" / case.id
@@ -381,30 +372,33 @@ def test_yolo_segmentation_offline_with_a_model_built_from_yaml(yolo_yaml):
         make_mask(case, image, "yolo", yolo_yaml, **mask_settings(conf=0.25, max_det=20, on_miss="error"))
 
 
-def test_prepare_stage_many_cases_with_yolo_offline(tmp_path, capsys):
+def test_prepare_stage_many_cases_with_yolo_offline(tmp_path, prepare_stage, capsys):
     """The stage itself on the many-cases manifest: YAML-built YOLO, every file per case, what it found printed."""
     out = tmp_path / "out"
-    stage = runpy.run_path(str(REPO_ROOT / "stages" / "prepare.py"))
     overrides = ["cases=data/cases_many.yaml", f"paths.prepare={out}", "mask.method=yolo",
                  "mask.weights=yolov8n-seg.yaml", "mask.conf=0.0", "mask.max_det=20"]  # fmt: skip
-    records = stage["main"](overrides)
-    manifest = yaml.safe_load((REPO_ROOT / "data" / "cases_many.yaml").read_text())
-    assert len(records) == len(manifest) >= 3 and len({r["source_image"] for r in records}) == 2
-    printed = capsys.readouterr().out
+    records = prepare_stage(overrides)
+    cases = yaml.safe_load((REPO_ROOT / "data" / "cases_many.yaml").read_text())
+    assert len(records) == len(cases) >= 3 and len({r["source_image"] for r in records}) == 2
+    printed = capsys.readouterr().out.splitlines()
     for r in records:
         for name in ("image.png", "mask.png", "overlay.png", "record.json"):
             assert (out / r["id"] / name).is_file()
         assert not (out / r["id"] / "soft_mask.png").exists()  # mask.feather is generate's
         assert r["method"] == "yolo" and r["instances_found"] > 0 and r["class"] is not None
-        assert f"{r['id']}: yolo {r['class']} {r['confidence']:.2f}, IoU with box {r['iou_with_box']:.2f}" in printed
+        # What it found, one line per case: the record's numbers as the user reads them.
+        found = f"  {r['id']}: yolo {r['class']} {r['confidence']:.2f}, IoU with box {r['iou_with_box']:.2f}, "
+        assert found + f"{r['mask_area']} px" in printed
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width > 2 * 256 and sheet.height > 2 * 256
     assert [row["id"] for row in csv.DictReader(open(out / "cases.csv"))] == [r["id"] for r in records]
     # At conf 0.25 the random model finds nothing: on_miss=box falls back per case, and each record says why.
-    records = stage["main"](overrides[:4] + ["mask.max_det=20", "mask.on_miss=box", "cases=data/cases.yaml"])
+    records = prepare_stage(overrides[:4] + ["mask.max_det=20", "mask.on_miss=box", "cases=data/cases.yaml"])
     assert records[0]["method"] == "box" and records[0]["method_requested"] == "yolo"
     assert records[0]["method_reason"] == "yolo found no instance with confidence >= 0.25; mask.on_miss=box"
-    assert "bus_person: box, IoU with box 1.00" in capsys.readouterr().out
+    assert records[0]["iou_with_box"] == 1.0
+    assert f"  bus_person: box, IoU with box 1.00, {records[0]['mask_area']} px ({records[0]['method_reason']})" \
+        in capsys.readouterr().out.splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -493,8 +487,9 @@ def test_missing_yolo_weights_are_named_not_downloaded(tmp_path):
         load_yolo("yolov8n-seg.pt")
 
 
-def test_prepare_stage_reports_a_bad_box_in_one_line(tmp_path, photo):
-    path = write_manifest(tmp_path, [{"id": "c1", "image": "photo.png", "box": [0, 0, 500, 10], "prompt": "x"}], photo)
+def test_prepare_stage_reports_a_bad_box_in_one_line(tmp_path, manifest, photo):
+    """The prepare stage's one run in its own process: a bad input is one `error:` line and exit code 2."""
+    path = manifest(tmp_path, [{"id": "c1", "image": "photo.png", "box": [0, 0, 500, 10], "prompt": "x"}], photo)
     result = run(["python", "stages/prepare.py", f"cases={path}", f"paths.prepare={tmp_path}/out"], check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: case 'c1': box=[0, 0, 500, 10] lies outside the 100x80 image"
