@@ -193,6 +193,29 @@ def store_args(tmp: Path, prepared: Path, model_cache: Path, view_dir: str = "ge
             f"hydra.run.dir={tmp}/{view_dir}/hydra/run", f"model.cache_dir={model_cache}"]
 
 
+# params.yaml's grid shrunk to one value per axis but guidance, at 2 steps: a test's -m sweeps what it names.
+FIXED_GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2",
+              "hydra.sweeper.params.negative_prompt=''"]
+
+
+def generate(tmp: Path, prepared: Path, model_cache: Path, *args: str, check: bool = True, view_dir: str = "gen"):
+    """generate_here, and with `check` the test fails (showing what was printed) unless the run exited 0."""
+    ran = generate_here(tmp, prepared, model_cache, *args, view_dir=view_dir)
+    assert not check or ran.returncode == 0, f"exit {ran.returncode}\n{ran.stdout}\n{ran.stderr}"
+    return ran
+
+
+def generate_stage(tmp: Path, prepared: Path, model_cache: Path, *args: str, check: bool = True,
+                   env: dict | None = None):
+    """`python stages/generate.py <args>` in a process of its own, its sweep kept in `tmp` (Hydra's job folders in
+    gen/hydra/multirun): for what only the stage's process shows (Hydra's job lines and folders, a launcher, the
+    check of the raw command line, the whole run end to end)."""
+    cmd = ["python", "stages/generate.py", *args, "model.size=64", f"paths.prepare={prepared}",
+           f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra/multirun",
+           f"hydra.run.dir={tmp}/gen/hydra/run", f"model.cache_dir={model_cache}"]
+    return run(cmd, check=check, env=env)
+
+
 def sweep_here(tmp: Path, prepared: Path, model_cache: Path, *overrides: str, view_dir: str = "gen",
                multirun: bool = True):
     """What `python stages/generate.py [-m] <overrides>` makes, run in this process; returns the sweep's Summary."""

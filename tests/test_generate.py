@@ -1,6 +1,9 @@
-"""generate: the tiny model, pixels outside the mask, reproducible cells, checkpoints from folders, the Hydra sweep."""
+"""generate: the tiny model, pixels outside the mask, reproducible cells, checkpoints from folders, the Hydra sweep.
+The stage runs as a process of its own twice: one plain multirun end to end with its Comet archives, and a whole
+pipeline run in a fresh process that may open no network connection."""
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from inpaint_sweep.config import model_config
 from inpaint_sweep.model import load_model
 from inpaint_sweep.tiny_model import build_tiny_pipeline, build_tokenizer
 
-from conftest import run
+from conftest import generate_stage, run, stage_env
 
 SETTINGS = dict(prompt="a realistic green dragon", negative_prompt="cartoon", steps=2, guidance=7.5, strength=1.0, size=64)
 
@@ -94,12 +97,10 @@ def comet_params(archive: Path) -> dict:
 
 
 def sweep(tmp_path, prepared, model_cache, *args, env=None):
-    gen = tmp_path / "gen"
-    cmd = ["python", "stages/generate.py", "-m", *args,
-           "hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=cartoon",
-           f"paths.prepare={prepared}", f"paths.generate={gen}", f"hydra.sweep.dir={gen}/hydra", f"paths.cell_store={tmp_path}/store",
-           f"model.cache_dir={model_cache}", "model.size=64"]
-    return run(cmd, env=env), gen
+    """The stage's multirun at 2 steps, strength 1 and negative prompt 'cartoon', as a process of its own."""
+    grid = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2",
+            "hydra.sweeper.params.negative_prompt=cartoon"]
+    return generate_stage(tmp_path, prepared, model_cache, "-m", *args, *grid, env=env), tmp_path / "gen"
 
 
 def test_multirun_over_three_guidance_values(tmp_path, prepared, model_cache):
@@ -151,9 +152,9 @@ def test_default_run_opens_no_network_connection(tmp_path, prepared, model_cache
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NETGUARD)
     log = tmp_path / "net.log"
-    from conftest import stage_env
-
-    env = stage_env(PYTHONPATH=str(guard), NETGUARD_LOG=str(log))
+    # The guard first; then whatever PYTHONPATH this run has (a worktree's src/ over the venv's editable install).
+    env = stage_env(PYTHONPATH=os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])),
+                    NETGUARD_LOG=str(log))
     run(["python", "stages/prepare.py", f"paths.prepare={tmp_path}/prep"], env=env)
     sweep(tmp_path, tmp_path / "prep", model_cache, "guidance=5", env=env)
     run(["python", "stages/report.py", f"paths.generate={tmp_path}/gen", f"paths.report={tmp_path}/rep"], env=env)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run, stage_env
-from test_sweep import FIXED_GRID, counts, generate, view
+from conftest import FIXED_GRID, counts, generate_stage, run, stage_env, view
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +51,8 @@ def test_joblib_and_submitit_local_sweeps_report_every_cell_their_workers_ran(tm
     # 1. joblib: 3 combinations x 2 cases on 2 worker processes: 2 Hydra jobs (one per worker), each loading the model
     #    once. The launching process's summary and exit code count the cells the workers computed and the broken
     #    case's failures, read from the store.
-    first = generate(tmp_path, prepared / "with_broken", model_cache, "-m", "hydra/launcher=joblib",
-                     "hydra.launcher.n_jobs=2", "guidance=5,9,12", *common, check=False)
+    first = generate_stage(tmp_path, prepared / "with_broken", model_cache, "-m", "hydra/launcher=joblib",
+                           "hydra.launcher.n_jobs=2", "guidance=5,9,12", *common, check=False)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "generate: 3 combinations, 6 cells, 0 already in the cell store; 1 model load in 2 Hydra jobs" in first.stdout
     assert counts(first) == {"computed": 3, "reused": 0, "failed": 3}
@@ -67,8 +66,8 @@ def test_joblib_and_submitit_local_sweeps_report_every_cell_their_workers_ran(tm
 
     # 2. submitit_local on the same store and folders: the stored cell is shown by the launching process, and only the
     #    new one is launched (one process, one model load); nothing the first run left in the sweep folder counts.
-    second = generate(tmp_path, prepared, model_cache, "-m", "hydra/launcher=submitit_local", "guidance=5,15",
-                      *common)
+    second = generate_stage(tmp_path, prepared, model_cache, "-m", "hydra/launcher=submitit_local",
+                            "guidance=5,15", *common)
     assert counts(second) == {"computed": 1, "reused": 1, "failed": 0}
     records = cells_intact(tmp_path)
     assert sorted((r["guidance"], r["status"]) for r in records) == [(5.0, "ok"), (15.0, "ok")]
@@ -85,8 +84,9 @@ def test_slurm_preset_submits_one_array_job_with_one_gpu_per_task(tmp_path, prep
     sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
     (fake_bin / "srun").symlink_to("/bin/false")  # submitit checks that srun exists
     env = stage_env(PATH=f"{fake_bin}{os.pathsep}{stage_env()['PATH']}")
-    result = generate(tmp_path, prepared, model_cache, "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                      "guidance=5,7.5,9", *FIXED_GRID, "tracking.comet=false", check=False, env=env)
+    result = generate_stage(tmp_path, prepared, model_cache, "-m", "hydra/launcher=slurm",
+                            "hydra.launcher.partition=gpu", "guidance=5,7.5,9", *FIXED_GRID, "tracking.comet=false",
+                            check=False, env=env)
     assert result.returncode != 0
     script = (tmp_path / "submitted.sh").read_text()
     # The 3 combinations are one array job of 3 tasks (split for the preset's array_parallelism, 16), all at once.

@@ -1,9 +1,9 @@
 """The sweep engine: one model load per multirun, content-addressed cells reused from the store, kill and resume,
-batched seeds, and a bad cell that does not sink the sweep."""
+batched seeds, and a bad cell that does not sink the sweep. Sweeps run in this process (conftest.generate); the stage
+runs as a process of its own where only its process shows the promise: a kill, and Hydra's jobs."""
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -16,18 +16,9 @@ from PIL import Image
 from inpaint_sweep.inpaint import inpaint
 from inpaint_sweep.masks import box_mask
 
-from conftest import counts, run, stage_env, sweep_here, view
+from conftest import FIXED_GRID, counts, generate, generate_stage, stage_env, view
 
 FAST = ["steps=2", "strength=1.0", "negative_prompt=", "model.size=64"]
-FIXED_GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2",
-              "hydra.sweeper.params.negative_prompt=''"]
-
-
-def generate(tmp, prepared, model_cache, *args, check=True, env=None):
-    cmd = ["python", "stages/generate.py", *args, "model.size=64", f"paths.prepare={prepared}",
-           f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra/multirun",
-           f"hydra.run.dir={tmp}/gen/hydra/run", f"model.cache_dir={model_cache}"]
-    return run(cmd, check=check, env=env)
 
 
 def test_sweep_loads_once_reuses_cells_and_the_view_follows_the_grid(tmp_path, prepared, model_cache):
@@ -75,9 +66,11 @@ def test_a_pulled_view_seeds_an_empty_cell_store(tmp_path, prepared, model_cache
 
 
 def test_killed_sweep_resumes_with_only_unfinished_cells(tmp_path, prepared, model_cache):
-    args = ["python", "stages/generate.py", "-m", "guidance=1,2,3,4,5", *FIXED_GRID, "hydra.sweeper.params.steps=4",
-            "model.size=128", "tracking.comet=false", f"paths.prepare={prepared}", f"paths.generate={tmp_path}/gen",
-            f"paths.cell_store={tmp_path}/store", f"hydra.sweep.dir={tmp_path}/gen/hydra", f"model.cache_dir={model_cache}"]
+    """The stage as a process of its own, SIGKILLed mid-sweep; the re-run (here) computes only what is missing."""
+    grid = ["-m", "guidance=1,2,3,4,5", *FIXED_GRID, "hydra.sweeper.params.steps=4", "tracking.comet=false"]
+    args = ["python", "stages/generate.py", *grid, "model.size=128", f"paths.prepare={prepared}",
+            f"paths.generate={tmp_path}/gen", f"paths.cell_store={tmp_path}/store",
+            f"hydra.sweep.dir={tmp_path}/gen/hydra", f"model.cache_dir={model_cache}"]
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(args, env=stage_env(), stdout=log, stderr=log, start_new_session=True)
     deadline = time.time() + 120
@@ -89,7 +82,7 @@ def test_killed_sweep_resumes_with_only_unfinished_cells(tmp_path, prepared, mod
     finished = len(list((tmp_path / "store").glob("*/record.json")))
     assert 2 <= finished < 5, "the sweep should have been killed mid-way"
 
-    resumed = run(args)
+    resumed = generate(tmp_path, prepared, model_cache, *grid, "model.size=128")
     assert counts(resumed) == {"computed": 5 - finished, "reused": finished, "failed": 0}
     store = tmp_path / "store"
     assert not list(store.rglob("*.tmp")), "a half-written file was left behind"
@@ -185,10 +178,11 @@ def test_a_bad_combination_is_refused_as_hydra_refuses_it(bad):
 
 
 def test_a_stored_grid_launches_no_hydra_job(tmp_path, prepared, model_cache):
-    """A re-run of a grid whose cells are all stored shows them in the view and launches nothing."""
+    """A re-run of a grid whose cells are all stored shows them in the view and launches nothing (Hydra's own
+    `Launching` line: the stage as a process of its own)."""
     grid = ["-m", "guidance=5,9", *FIXED_GRID, "tracking.comet=false"]
-    first = generate(tmp_path, prepared, model_cache, *grid)
+    first = generate_stage(tmp_path, prepared, model_cache, *grid)
     assert "Launching 1 jobs" in first.stdout + first.stderr
-    again = generate(tmp_path, prepared, model_cache, *grid)
+    again = generate_stage(tmp_path, prepared, model_cache, *grid)
     assert counts(again) == {"computed": 0, "reused": 2, "failed": 0}
     assert "Launching" not in again.stdout + again.stderr and "0 model loads" in again.stdout
