@@ -46,18 +46,22 @@ class GridSweeper(Sweeper):
         from inpaint_sweep.grid import combinations, parse
 
         loader = self.hydra_context.config_loader
-        overrides = parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments), config_loader=loader)
-        combos = combinations(overrides, self.zip, by_model=self.plan_cells)
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        if self.plan_cells:  # the grid is checked whole before anything is written, multirun.yaml included
+            from inpaint_sweep.sweep import exit_if_failed, run_multirun
+
+            summary = run_multirun(self.config, lines, self.zip, loader, self._launch_planned, self._save_config)
+            exit_if_failed(summary)
+            return summary
+        combos = combinations(parse(lines, config_loader=loader), self.zip, by_model=False)
+        self._save_config()
+        return self._launch_each(combos)
+
+    def _save_config(self) -> None:
+        """The sweep's config as multirun.yaml in its folder, as Hydra's basic sweeper saves it."""
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        if self.plan_cells:
-            from inpaint_sweep.sweep import exit_if_failed, run_multirun
-
-            summary = run_multirun(self.config, combos, loader, self._launch_planned)
-            exit_if_failed(summary)
-            return summary
-        return self._launch_each(combos)
 
     def _launch_each(self, combos: List[List[str]]) -> List[Any]:
         """Every combination one job, in batches of max_batch_size, as Hydra's basic sweeper launches them."""

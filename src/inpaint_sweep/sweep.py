@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from .cells import CellMaker, Identities
 from .cli import one_line_errors
 from .config import load_settings
-from .grid import Composer, batches, parse, set_values
+from .grid import Composer, batches, combinations, parse, set_values
 from .identity import Digests
 from .logbook import needs_work
 from .records import read_record
@@ -174,20 +174,23 @@ def exit_if_failed(summary: Summary) -> None:
 # -- the three ways in: a multirun (the grid sweeper), a Hydra job of it, a single run ---------------------------------
 
 @one_line_errors
-def check_multirun(config: DictConfig, combos: list[list[str]], config_loader) -> list[DictConfig]:
-    """Every combination's config, composed as its job will compose it, and checked with the cases, before anything
-    runs."""
+def check_multirun(config: DictConfig, lines: list[str], zipped, config_loader):
+    """The grid's combinations (lists of overrides) and each one's config, composed as its job will compose it, all
+    checked with the cases before anything runs or is written."""
     check_launcher(config.hydra.launcher)
+    combos = combinations(parse(lines, config_loader=config_loader), zipped)
     compose = Composer(config, config_loader)
     configs = [compose(combo) for combo in combos]
     check_inputs(configs)
-    return configs
+    return combos, configs
 
 
-def run_multirun(config: DictConfig, combos: list[list[str]], config_loader, launch_jobs) -> Summary:
-    """The grid sweeper's work: `combos` are the grid's combinations (lists of overrides), `launch_jobs(jobs)` runs
-    Hydra jobs (lists of overrides) with the configured launcher."""
-    configs = check_multirun(config, combos, config_loader)
+def run_multirun(config: DictConfig, lines: list[str], zipped, config_loader, launch_jobs, save_config) -> Summary:
+    """The grid sweeper's work: `lines` are its `key=values` overrides (hydra.sweeper.params, then the command line),
+    `zipped` its zip groups; `launch_jobs(jobs)` runs Hydra jobs (lists of overrides) with the configured launcher,
+    `save_config()` writes the sweep's multirun.yaml once the grid is known to be sound."""
+    combos, configs = check_multirun(config, lines, zipped, config_loader)
+    save_config()
     groups = set(config.hydra.runtime.choices)
     sweeper = config.hydra.sweeper
     folder = Path(config.hydra.sweep.dir) / "batches"
@@ -250,7 +253,6 @@ def compose_grid(overrides: list[str], multirun: bool = True) -> list[DictConfig
     from hydra.core.global_hydra import GlobalHydra
 
     from .config import CONFIG_DIR, CONFIG_NAME
-    from .grid import combinations
 
     parsed = parse(overrides)
     fixed = [o.input_line for o in parsed if o.is_hydra_override() or not o.is_sweep_override()]
@@ -260,9 +262,9 @@ def compose_grid(overrides: list[str], multirun: bool = True) -> list[DictConfig
             return [compose(CONFIG_NAME, overrides)]
         params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
         task = [o.input_line for o in parsed if not o.is_hydra_override()]
-        combos = combinations(parse(params + task), master.hydra.sweeper.get("zip") or ())
+        zipped = master.hydra.sweeper.get("zip") or ()
         compose_one = Composer(master, GlobalHydra.instance().config_loader())
-        return one_line_errors(lambda: [compose_one(c) for c in combos])()
+        return one_line_errors(lambda: [compose_one(c) for c in combinations(parse(params + task), zipped)])()
 
 
 def sweep_store(cfg: DictConfig) -> CellStore:
