@@ -86,7 +86,7 @@ def test_queued_grids_share_the_cell_store_and_a_failed_one_fails_the_command(tm
     assert not (repo / ".dvc/tmp/exps").exists() or not any((repo / ".dvc/tmp/exps").glob("tmp*/.cache"))
 
     # 3. The table fits a 160-column terminal and shows both grids and the report's metrics.
-    shown = run(python + ["inpaint_sweep.exp_table"], cwd=repo, env=env).stdout
+    shown = run(python + ["inpaint_sweep.exp_table"], cwd=repo, env={**env, "COLUMNS": "160"}).stdout
     assert max(map(len, shown.splitlines())) <= 160, shown
     header = shown.splitlines()[0].split()
     assert {"guidance", "seconds", "drift_psnr", "change_inside_mae"} <= set(header), shown

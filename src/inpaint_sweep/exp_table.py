@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 
 from .identity import flatten
 
@@ -73,7 +74,8 @@ def table(exp_show: list[dict], width: int = 160) -> str:
         changed.remove(metrics[-1])
         left_out.insert(0, metrics[-1][1])
     if left_out:
-        text += f"\n(left out to fit {width} columns: {', '.join(left_out)}; `dvc exp show --json` has them)"
+        note = f"(left out to fit {width} columns: {', '.join(left_out)}; `dvc exp show --json` has them)"
+        text += "\n" + "\n".join(textwrap.wrap(note, width))
     return text
 
 
