@@ -57,9 +57,6 @@ class Summary:
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
 
-    def exit_code(self) -> int:
-        return EXIT_INTERRUPTED if self.interrupted else EXIT_CELLS_FAILED if self.failed else 0
-
 
 class Sweep:
     """The launching process's state: the view's lock, the cell store and the view. Entering takes the lock (a
@@ -143,12 +140,14 @@ def run_grid(cfg: DictConfig, configs: list[DictConfig], launch, jobs_of=None) -
         jobs = f" in {jobs_of(plan.todo)} Hydra job{'s' * (jobs_of(plan.todo) != 1)}" if jobs_of else ""
         print(f"generate: {len(configs)} combination{'s' * (len(configs) != 1)}, {plan.cells} cells, {plan.stored} "
               f"already in the cell store; {plan.loads} model load{'s' * (plan.loads != 1)}{jobs}", flush=True)
-        interrupted = True
+        interrupted = False
         try:
             if plan.todo:
                 launch(plan.todo)
-            interrupted = False
             sweep.completed = True
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             summary = sweep.summary(plan, interrupted)
             report(summary, sweep.view)
@@ -240,7 +239,8 @@ def run_in_process(configs: list[DictConfig]) -> Summary:
 
     def launch(todo: list[int]) -> None:
         cfg = configs[0]
-        with CellMaker(sweep_store(cfg), Path(cfg.paths.generate), sweep_id(), cfg.tracking) as maker:
+        store = CellStore(shared_path(cfg.paths.cell_store))
+        with CellMaker(store, Path(cfg.paths.generate), sweep_id(), cfg.tracking) as maker:
             maker.make([configs[i] for i in todo])
 
     return one_line_errors(run_grid)(configs[0], configs, launch)
@@ -265,10 +265,6 @@ def compose_grid(overrides: list[str], multirun: bool = True) -> list[DictConfig
         zipped = master.hydra.sweeper.get("zip") or ()
         compose_one = Composer(master, GlobalHydra.instance().config_loader())
         return one_line_errors(lambda: [compose_one(c) for c in combinations(parse(params + task), zipped)])()
-
-
-def sweep_store(cfg: DictConfig) -> CellStore:
-    return CellStore(shared_path(cfg.paths.cell_store))
 
 
 def parallel_workers(launcher: DictConfig) -> int:
