@@ -11,6 +11,7 @@ as Hydra itself applies them last. tests/test_sweep.py checks the result equals 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import pickle
 
@@ -24,7 +25,17 @@ from .config import ConfigError, forces_reload
 
 
 def parse(lines: list[str], config_loader=None) -> list[Override]:
-    return OverridesParser.create(config_loader=config_loader).parse_overrides(list(lines))
+    """Hydra's parse of `key=value` overrides. Without a config loader (which only `glob()` choices need), each line's
+    parse is remembered: a grid repeats each value in many combinations, and each is read again when it is composed
+    and when it is put in a Hydra job."""
+    if config_loader is not None:
+        return OverridesParser.create(config_loader=config_loader).parse_overrides(list(lines))
+    return [_parse_line(line) for line in lines]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_line(line: str) -> Override:
+    return OverridesParser.create().parse_overrides([line])[0]
 
 
 def grid_values(sweeper_params: dict, task_overrides: list[str]) -> dict[str, list]:

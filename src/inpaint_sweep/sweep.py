@@ -137,7 +137,8 @@ def run_grid(cfg: DictConfig, configs: list[DictConfig], launch, jobs_of=None) -
     how many Hydra jobs, for the plan line."""
     with Sweep(cfg, sweep_id()) as sweep:
         plan = sweep.plan(configs, cfg.tracking)
-        jobs = f" in {jobs_of(plan.todo)} Hydra job{'s' * (jobs_of(plan.todo) != 1)}" if jobs_of else ""
+        n_jobs = jobs_of(plan.todo) if jobs_of else None
+        jobs = f" in {n_jobs} Hydra job{'s' * (n_jobs != 1)}" if jobs_of else ""
         print(f"generate: {len(configs)} combination{'s' * (len(configs) != 1)}, {plan.cells} cells, {plan.stored} "
               f"already in the cell store; {plan.loads} model load{'s' * (plan.loads != 1)}{jobs}", flush=True)
         interrupted = False
@@ -194,9 +195,13 @@ def run_multirun(config: DictConfig, lines: list[str], zipped, config_loader, la
     sweeper = config.hydra.sweeper
     folder = Path(config.hydra.sweep.dir) / "batches"
 
+    planned: dict[tuple[int, ...], list] = {}  # the plan line counts the jobs that launch() then starts
+
     def jobs_for(todo: list[int]):
-        return batches([combos[i] for i in todo], groups, parallel_workers(config.hydra.launcher),
-                       sweeper.get("cells_per_job"))
+        if tuple(todo) not in planned:
+            planned[tuple(todo)] = batches([combos[i] for i in todo], groups, parallel_workers(config.hydra.launcher),
+                                           sweeper.get("cells_per_job"))
+        return planned[tuple(todo)]
 
     def launch(todo: list[int]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
