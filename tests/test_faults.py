@@ -446,3 +446,33 @@ def test_a_failed_upload_raises_and_keeps_the_key_out_of_what_it_prints(tmp_path
         tracking.upload_archive(str(tmp_path / "comet.zip"))
     printed = capfd.readouterr()
     assert "sending with ***" in printed.err and SENTINELS["COMET_API_KEY"] not in printed.out + printed.err
+
+
+def test_a_dead_comet_logger_fails_each_log_at_once_and_the_cell_is_still_shown(tmp_path):
+    """The Comet logger process dies mid-sweep (OOM killer, a crash in comet_ml): every experiment sent before or
+    after fails with a reason instead of waiting forever, and the cell is still shown (logging never costs a cell)."""
+    from omegaconf import OmegaConf
+
+    from inpaint_sweep.logbook import CometLog
+    from inpaint_sweep.records import CellRecord
+    from inpaint_sweep.store import CellStore
+    from inpaint_sweep.tracking import CometLogger
+
+    logger = CometLogger()
+    logger.start()
+    pending = logger.submit({"upload": str(tmp_path / "none.zip")})  # sent, never to be answered
+    logger._process.kill()
+    with pytest.raises(RuntimeError, match="ended"):
+        pending.result(timeout=60)
+    with pytest.raises(RuntimeError, match="has ended"):
+        logger.submit({"upload": str(tmp_path / "none.zip")}).result(timeout=60)
+    logger.close()
+
+    comet = CometLog(OmegaConf.create({"offline": True}), CellStore(tmp_path / "store"))
+    comet.start()
+    comet.logger._process.kill()
+    shown = []
+    done = comet.log(CellRecord(cell_id="case-0", case="case"), {"name": "case-0"}, lambda: shown.append(True))
+    done.result(timeout=60)
+    comet.close()
+    assert shown == [True]

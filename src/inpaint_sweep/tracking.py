@@ -199,6 +199,7 @@ class CometLogger:
         self._pending: dict[int, Future] = {}
         self._next = 0
         self._reader = None
+        self._ended = False  # the process has ended: nothing sent from now on would be answered
 
     def start(self) -> None:
         """Start the process now (it starts its workers, which import comet_ml) so it is ready when the first cell
@@ -217,10 +218,17 @@ class CometLogger:
         self.start()
         future: Future = Future()
         with self._lock:
+            if self._ended:
+                future.set_exception(RuntimeError("the Comet logger process has ended"))
+                return future
             self._next += 1
             self._pending[self._next] = future
-            self._process.stdin.write(json.dumps({**job, "id": self._next}) + "\n")
-            self._process.stdin.flush()
+            try:
+                self._process.stdin.write(json.dumps({**job, "id": self._next}) + "\n")
+                self._process.stdin.flush()
+            except OSError as e:  # the process is gone (its reader fails what it had not answered)
+                self._pending.pop(self._next)
+                future.set_exception(RuntimeError(f"the Comet logger process has ended ({e})"))
         return future
 
     def _read(self, process) -> None:
@@ -232,8 +240,8 @@ class CometLogger:
                 future.set_exception(RuntimeError(answer["error"]))
             else:
                 future.set_result(answer["where"])
-        with self._lock:  # the process ended: whatever it did not answer failed
-            pending, self._pending = self._pending, {}
+        with self._lock:  # the process ended: whatever it did not answer failed, and so will what comes next
+            pending, self._pending, self._ended = self._pending, {}, True
         for future in pending.values():
             future.set_exception(RuntimeError("the Comet logger process ended before logging this experiment"))
 
@@ -243,7 +251,10 @@ class CometLogger:
             process, self._process = self._process, None
         if process is None:
             return
-        process.stdin.close()
+        try:
+            process.stdin.close()
+        except OSError:  # the process is gone already
+            pass
         process.wait()
         self._reader.join()
 
