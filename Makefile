@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install data repro queue exps test bench clean
+.PHONY: install data repro review queue exps test bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ data: install
 repro: data
 	dvc repro
 
+# The review app over the current view (after `make repro`): prints its URL; answers go to data/ratings/ (commit them).
+review: install
+	$(PY) stages/review.py $(ARGS)
+
 # DVC experiments (README "Compare two grids"): run every experiment queued with `dvc exp run --queue -S ...`,
 # JOBS at a time; unlike `dvc exp run --run-all`, exit 1 when any of them failed.
 JOBS ?= 1
@@ -36,7 +40,7 @@ exps: install
 
 # The HTML report's browser test needs Debian's chromium; install it (we run as root in CI) only when missing.
 test: data
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)  # + playwright (pip, pinned) drives it
 	$(PY) -m pytest
 
 # Benchmarks (not part of the tests): each prints one measured ratio; BENCHMARKS.md records the figures.

@@ -106,6 +106,7 @@ class PathsConfig:
     generate: str = MISSING
     report: str = MISSING
     cell_store: str = MISSING
+    ratings: str = MISSING
 
 
 @dataclass
@@ -115,6 +116,14 @@ class ReportConfig:
     cell_size: int = MISSING
     max_megapixels: float = MISSING
     clip_model: Optional[str] = MISSING
+
+
+@dataclass
+class ReviewConfig:
+    host: str = MISSING
+    port: int = MISSING
+    allow_remote: bool = MISSING
+    thumb_width: int = MISSING
 
 
 @dataclass
@@ -132,6 +141,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

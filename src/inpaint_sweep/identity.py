@@ -42,6 +42,7 @@ NOT_IDENTITY = {
     "tracking": "where the cell is logged, not what it is",
     "batch": "which Hydra job makes the cell, not what it is",
     "report": "the report stage's settings",
+    "review": "the review app's settings: how people look at cells, not what they are",
     "paths": "where files are written",
     "model.name": "the preset's label: its settings are hashed key by key",
     "model.id": "where the weights are: the loaded files are fingerprinted instead, so a moved folder keeps its cells",

@@ -184,6 +184,26 @@ def check_report_config(report: Any) -> None:
 
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+TOKEN_CHARS = 16  # the least a token for a non-loopback review app may have
+
+
+def check_review_config(review: Any, token: str | None) -> None:
+    """Raise ConfigError naming the first bad review.* value: a port out of range, a tiny thumbnail, or a host other
+    than loopback without review.allow_remote=true and a token of TOKEN_CHARS or more in INPAINT_REVIEW_TOKEN."""
+    if not 0 <= review.port <= 65535:
+        raise ConfigError(f"review.port must be in 0..65535 (0 = a free port), got review.port={review.port}")
+    if review.thumb_width < 64:
+        raise ConfigError(f"review.thumb_width must be >= 64 pixels, got review.thumb_width={review.thumb_width}")
+    if review.host not in LOOPBACK:
+        if not review.allow_remote:
+            raise ConfigError(f"review.host={review.host!r} is not loopback: others on the network could answer in "
+                              "your name; add review.allow_remote=true and set INPAINT_REVIEW_TOKEN to a secret")
+        if not token or len(token) < TOKEN_CHARS:
+            raise ConfigError(f"review.host={review.host!r} with review.allow_remote=true needs a token of at least "
+                              f"{TOKEN_CHARS} characters in INPAINT_REVIEW_TOKEN")
+
+
 def check_inputs(configs: list[DictConfig]) -> None:
     """Every combination's config is valid, the prepared cases exist, and every combination's prompts apply to each
     case (prompt_sr finds its text)."""
