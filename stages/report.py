@@ -26,7 +26,7 @@ def main(overrides: list[str]) -> None:
         clip = load_clip(r.clip_model)
     out = Path(cfg.paths.report)
     report = build_report(Path(cfg.paths.generate) / "cells", out, rows=r.rows, cols=r.cols, cell_size=r.cell_size,
-                          max_megapixels=r.max_megapixels, clip=clip)
+                          max_megapixels=r.max_megapixels, clip=clip, ratings_dir=cfg.paths.ratings)
     rows, cols = report["rows"], report["cols"]  # null in the config: chosen among the axes that varied
     comet = None
     if t.comet and len(report["df"]):
@@ -37,6 +37,10 @@ def main(overrides: list[str]) -> None:
         f"failed, {report['grids']} grid(s) of {rows or '-'} x {cols or '-'} over {len(report['axes'])} axis(es) "
         f"({', '.join(report['axes']) or 'none varied'}) -> {out}/index.html"
     )
+    h = report["human"]
+    print(f"people's choice: {h['answers']} answer(s) by {h['raters']} rater(s) about {h['rated_images']} image(s)"
+          + (f"; {h['ignored_answers']} about images not in this view" if h["ignored_answers"] else "")
+          + ("" if h["answers"] else f" (give some: make review; the ledger is {cfg.paths.ratings})"))
     if comet:
         upload = "" if comet.startswith("http") else f"  (upload: comet upload {comet})"
         print(f"Comet report experiment: {comet}{upload}")

@@ -292,9 +292,10 @@ def prepare_settings(**overrides) -> dict:
 
 
 def report_settings(**overrides) -> dict:
-    """report.build_report's keyword arguments (report.*) as params.yaml sets them, no CLIP model, with `overrides`."""
+    """report.build_report's keyword arguments (report.*) as params.yaml sets them, no CLIP model and no ratings
+    ledger, with `overrides`."""
     from inpaint_sweep.config import load_config
 
     r = load_config().report
     return {"rows": r.rows, "cols": r.cols, "cell_size": r.cell_size, "max_megapixels": r.max_megapixels,
-            "clip": None, **overrides}
+            "clip": None, "ratings_dir": None, **overrides}

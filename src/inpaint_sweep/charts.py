@@ -17,9 +17,11 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
 
 
 def axis_chart(title: str, labels: list[str], mean: list[float], std: list[float], low: list[float],
-               high: list[float], counts: list[int], width: int = 300, height: int = 190) -> str:
+               high: list[float], counts: list[int], width: int = 300, height: int = 190, band: str | None = None,
+               counted: str = "image(s)") -> str:
     """Mean of a metric per value of an axis (dots joined by a line), its spread over the other axes (a bar of
-    +-1 std and a light band from min to max), values in order along x. Hover a dot for the numbers."""
+    +-1 std and a light band from min to max), values in order along x. Hover a dot for the numbers. With `band`
+    (its name, e.g. "95% interval"), low and high are that interval instead of min and max, and std is not drawn."""
     points = [(k, m, s, lo, hi, n) for k, (m, s, lo, hi, n) in enumerate(zip(mean, std, low, high, counts))
               if m is not None and math.isfinite(m)]
     left, right, top, bottom = 52, 10, 24, 44
@@ -67,7 +69,8 @@ def axis_chart(title: str, labels: list[str], mean: list[float], std: list[float
     out.append('<polyline points="' + " ".join(f"{x(p[0]):.1f},{y(p[1]):.1f}" for p in points)
                + f'" fill="none" stroke="{COLOUR}" stroke-width="2"/>')
     for k, m, s, lw, h, n in points:
-        tip = f"{labels[k]}: mean {m:.4g}, std {_z(s):.3g}, min {lw:.4g}, max {h:.4g}, {n} image(s)"
+        tip = (f"{labels[k]}: {m:.4g}, {band} {lw:.4g} to {h:.4g}, {n} {counted}" if band else
+               f"{labels[k]}: mean {m:.4g}, std {_z(s):.3g}, min {lw:.4g}, max {h:.4g}, {n} {counted}")
         out.append(f'<circle cx="{x(k):.1f}" cy="{y(m):.1f}" r="3.5" fill="{COLOUR}"><title>{escape(tip)}</title>'
                    "</circle>")
     out.append("</svg>")

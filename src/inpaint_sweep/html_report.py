@@ -18,7 +18,7 @@ import pandas as pd
 
 from .charts import axis_chart
 from .grids import fmt, short
-from .report import PROVENANCE, _goodness
+from .report import PROVENANCE, _goodness, value_order
 
 PAGE_ROWS = 100
 DETAIL_KEYS = ("cell_id", "status", "error", "case", "prompt", "seed", "image", *PROVENANCE)
@@ -225,6 +225,77 @@ def _best_settings(report: dict, metric: str) -> list[str]:
     return out
 
 
+TOP_IMAGES = 5  # the people's favourites shown with their thumbnails
+
+
+def _interval(f: dict) -> str:
+    return f"{_num(f['score'])} [{_num(f['low'])}, {_num(f['high'])}]"
+
+
+def _people_section(report: dict, metrics: list[str]) -> str:
+    """The people's ranking: counts and agreement, per axis the winner and how sure with every value's score and
+    interval (table and charts), the top images, and which weight-free metric agrees with people."""
+    people, df = report["people"], report["df"]
+    out = ['<section id="people"><h2>People\'s choice</h2>']
+    if not people["answers"]:
+        ignored = (f" ({people['ignored']} answer(s) in the ledger are about images not in this view: other grids, "
+                   "or cells whose identity has changed)") if people["ignored"] else ""
+        out.append(f"<p>No answers about these images yet{ignored}. Run <code>make review</code>, compare pairs in "
+                   "the browser, then <code>make repro</code>: the people's ranking then heads this page.</p>")
+        return "".join(out) + "</section>"
+    alpha = people["agreement"]
+    agree = ("one rater, or no pair answered by two raters" if alpha is None else
+             "undefined (every answer the same)" if not math.isfinite(alpha) else f"Krippendorff's alpha {alpha:.3f}")
+    out.append(f"<p>{people['answers']} blind pairwise answer(s) by {people['raters']} rater(s) about "
+               f"{people['images']} image(s); agreement between raters: {agree}"
+               + (f"; {people['ignored']} answer(s) about images not in this view are not counted" if
+                  people["ignored"] else "") + ". Scores are Bradley-Terry strengths (log odds, 0 = average; ties "
+               "count half a win each way) with 95% bootstrap intervals; a value's score is the mean of its "
+               "images'.</p>")
+    # 1. Per axis: the winner, how sure, every value's score.
+    out.append('<table id="people-axes"><thead><tr><th>axis</th><th>people prefer</th><th>how sure</th>'
+               "<th>score [95% interval] (rated images, answers) per value</th></tr></thead><tbody>")
+    for axis, fig in people["axes"].items():
+        cells = "<br>".join(f"{escape(short(v))}: {_interval(f)} ({f['images']}, {f['answers']})"
+                            for v, f in sorted(fig["values"].items(), key=lambda kv: value_order(kv[0])))
+        winner = "" if fig["winner"] is None else f"<b>{escape(short(fig['winner']))}</b>"
+        sure = "" if not math.isfinite(fig["sure"]) else f"{fig['sure']:.0%} of resamples"
+        out.append(f"<tr><td>{escape(axis)}</td><td>{winner}</td><td>{sure}</td><td>{cells}</td></tr>")
+    out.append("</tbody></table>")
+    out.append('<div class="charts">' + "".join(report["people_charts"].values()) + "</div>")
+    # 2. The top images.
+    rated = df[df["human_score"].notna()].sort_values("human_score", ascending=False).head(TOP_IMAGES)
+    out.append('<h3>Top images</h3><table id="people-top"><thead><tr><th>rank</th><th>image</th><th>score [95% '
+               "interval]</th><th>answers</th></tr></thead><tbody>")
+    for rank, (i, r) in enumerate(rated.iterrows(), 1):
+        anchor = _anchor(r["cell_id"], r["seed"])
+        settings = ", ".join(f"{a} = {short(r[a])}" for a in report["axes"])
+        score = {"score": r["human_score"], "low": r["human_low"], "high": r["human_high"]}
+        out.append(f'<tr><td class="num">{rank}</td><td>{_thumb_html(report["thumbs"].get(i), anchor)} '
+                   f'<a href="#{escape(anchor)}">{escape(r["cell_id"])}</a> seed {escape(str(r["seed"]))}<br>'
+                   f'<small>{escape(settings)}</small></td><td class="num">{_interval(score)}</td>'
+                   f'<td class="num">{int(r["human_answers"])}</td></tr>')
+    out.append("</tbody></table>")
+    # 3. Which metric agrees with people.
+    corr = people["correlation"]
+    out.append("<h3>Which metric agrees with people</h3>")
+    if corr:
+        best = max(corr, key=lambda m: corr[m]["rho"])
+        out.append(f"<p>Spearman rank correlation between each metric (its better direction up) and the people's "
+                   f"score, over the rated images: +1 = the metric orders images as people do. Closest: "
+                   f"<b>{escape(best)}</b>.</p>")
+        out.append('<table id="people-metrics"><thead><tr><th>metric</th><th>rank correlation</th><th>images</th>'
+                   "</tr></thead><tbody>")
+        for m in sorted(corr, key=lambda m: -corr[m]["rho"]):
+            out.append(f'<tr><td>{escape(m)}</td><td class="num">{corr[m]["rho"]:+.3f}</td>'
+                       f'<td class="num">{corr[m]["images"]}</td></tr>')
+        out.append("</tbody></table>")
+    else:
+        out.append("<p>Too few rated images with differing metrics to correlate (three or more are needed).</p>")
+    out.append('<p>Every rated image, best first: <a href="ranking.csv">ranking.csv</a>.</p></section>')
+    return "".join(out)
+
+
 def render(report: dict, metrics: list[str], rows: str | None, cols: str | None, comet: str | None) -> str:
     """The HTML text of the page. `report` is what build_report returned; paths are relative to the page."""
     df: pd.DataFrame = report["df"]
@@ -233,7 +304,10 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
            "<title>inpaint-sweep report</title>", f"<style>{STYLE}</style></head><body>",
            "<h1>inpaint-sweep report</h1>"]
 
-    # 1. Summary: counts, sweep, Comet, the axes, the settings every image shares.
+    # 1. People's choice first: what the sweep is for (which settings make the best pictures), as people judged.
+    out.append(_people_section(report, metrics))
+
+    # 2. Summary: counts, sweep, Comet, the axes, the settings every image shares.
     out.append('<section id="summary"><h2>Summary</h2><ul>')
     out.append(f"<li>{report['cells']} cell(s), {report['images']} image(s): {report['ok']} ok, "
                f"{report['failed']} failed; {report['grids']} grid(s) of {escape(rows or '-')} (rows) &times; "
@@ -253,7 +327,7 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
         out.append("</tbody></table></details>")
     out.append("</section>")
 
-    # 2. Best settings per metric: the best image (toggles on its thumbnail) and the best value of each axis on
+    # 3. Best settings per metric: the best image (toggles on its thumbnail) and the best value of each axis on
     # average over the others.
     thumb_of = {_anchor(c, s): report["thumbs"].get(i) for i, c, s in zip(df.index, df["cell_id"], df["seed"])}
     out.append('<section id="best"><h2>Best settings</h2><table id="best-table"><thead><tr><th>metric</th>'
@@ -271,7 +345,7 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
                    f'</td><td>{"<br>".join(_best_settings(report, m))}</td></tr>')
     out.append("</tbody></table></section>")
 
-    # 3. Charts: each metric against each axis, mean with its spread over the other axes.
+    # 4. Charts: each metric against each axis, mean with its spread over the other axes.
     by_axis = report["by_axis"]
     out.append('<section id="charts"><h2>Metrics by axis</h2><p>Mean per value (line), &plusmn;1 std (bar) and '
                "min&ndash;max (band) over the other axes; hover a dot for the numbers.</p>")
@@ -287,7 +361,7 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
         out.append("</div>")
     out.append("</section>")
 
-    # 4. Grids, with the input and the mask beside each; loaded as they scroll into view.
+    # 5. Grids, with the input and the mask beside each; loaded as they scroll into view.
     out.append(f'<section id="grids"><h2>Grids ({len(report["grid_files"])})</h2>')
     for g in report["grid_files"]:
         rel = f"grids/{quote(g['path'].name)}"
@@ -296,7 +370,7 @@ def render(report: dict, metrics: list[str], rows: str | None, cols: str | None,
                    "</figcaption></figure>")
     out.append("</section>")
 
-    # 5. A row per image, sortable by any column, a page at a time; every setting of the clicked image below.
+    # 6. A row per image, sortable by any column, a page at a time; every setting of the clicked image below.
     data = _table_data(report, metrics)
     head = ["image", "cell", *data["columns"]]
     pager = ('<p class="pager"><button data-step="-1">&larr; previous</button><span></span>'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from PIL import Image
 from .config import SWEEP_AXES, ConfigError
 from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
 from .images import write_json
-from . import records
+from . import ratings, records
 from .records import RECORD_SETTINGS, CellRecord
 from .quality import image_quality, mask_geometry
 
@@ -58,6 +59,8 @@ AUTO_GRID = ("guidance", "strength")  # report.rows / report.cols when null: the
 THUMB_WIDTH = 160
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding and measuring images (OpenCV releases the GIL)
 OUTPUT_FOLDERS = ("grids", "thumbs", "plots", "comet")
+# People's verdict per image (ratings.py), in runs.csv beside the metrics: strength, its interval, answers behind it.
+HUMAN = ("human_score", "human_low", "human_high", "human_answers")
 
 
 # ---------------------------------------------------------------------------------------------------------- records
@@ -527,11 +530,13 @@ def build_report(
     cell_size: int,
     max_megapixels: float,
     clip,
+    ratings_dir: str | Path | None,
 ) -> dict:
-    """Write runs.csv, by_axis.csv, plots/, metrics.json (numbers for DVC), best.json, grids/ and thumbs/.
+    """Write runs.csv, by_axis.csv, plots/, metrics.json (numbers for DVC), best.json, ranking.csv, grids/ and
+    thumbs/.
 
     The settings are report.* (checked by config.check_report_config); `clip` is a loaded CLIP checkpoint
-    (clip_score.load_clip) or None.
+    (clip_score.load_clip) or None; `ratings_dir` holds people's answers (paths.ratings; None: no answers).
 
     Returns the summary, with the table (`df`), the axes, grids and thumbnails for the HTML page and Comet.
     """
@@ -556,21 +561,117 @@ def build_report(
             df.at[i, m] = v
     if clip is not None:
         df = add_clip_scores(df, clip)
+    answers, _ = ratings.read_answers(ratings_dir) if ratings_dir is not None else ([], 0)
+    df, human = people_choice(df, axes, answers)
 
     # 4. Tables for people (CSV), for DVC metrics and plots, and the best image per metric.
     _display(df, keys).to_csv(out_dir / "runs.csv", index=False)
-    by_axis = axis_summary(df, axes)
+    by_axis = add_human_figures(axis_summary(df, axes), human)
     by_axis.to_csv(out_dir / "by_axis.csv", index=False)
     write_plots(by_axis, out_dir)
+    ranking_table(df, axes).to_csv(out_dir / "ranking.csv", index=False)
+    people_charts = write_people_charts(human, out_dir)
     result = summary(df, axes)
     result["grids"] = len(grids)
+    result["human"] = human_summary(human)
     write_json(result["best"], out_dir / "best.json")
     write_json({k: v for k, v in result.items() if k != "best"}, out_dir / "metrics.json")
     constant = {k: _plain(df[k].iloc[0]) for k in [*keys, *PROVENANCE] if k in df and k not in axes and len(df)
                 and df[k].astype(str).nunique() == 1 and df[k].iloc[0] is not None}
     return {**result, "df": df, "keys": keys, "rows": rows, "cols": cols, "twins": twins, "by_axis": by_axis,
+            "people": human, "people_charts": people_charts,
             "constant": constant, "grid_files": grids, "thumbs": thumbs,
             "sweep_ids": sorted({str(s) for s in df.get("sweep_id", pd.Series(dtype=str)).dropna()})}
+
+
+# ---------------------------------------------------------------------------------------------------- people's choice
+
+
+def people_choice(df: pd.DataFrame, axes: list[str], answers: list[ratings.Answer]) -> tuple[pd.DataFrame, dict]:
+    """People's verdict from the answers about the view's ok images: HUMAN columns per image, figures per value of
+    every axis (ratings.axis_figures), agreement between raters, and the rank correlation of each metric's goodness
+    with the people's score (Spearman, over the rated images): which metric agrees with people."""
+    from scipy.stats import spearmanr
+
+    df = df.copy()
+    ok = df["status"] == "ok"
+    keys = [(c, int(s)) if good else None for c, s, good in zip(df["cell_id"], df["seed"], ok)]
+    ranking = ratings.rank(answers, {k for k in keys if k is not None})
+    at = ranking.index()
+    for column, values in (("human_score", ranking.strength), ("human_low", ranking.low),
+                           ("human_high", ranking.high)):
+        df[column] = [round(float(values[at[k]]), 4) if k in at else np.nan for k in keys]
+    df["human_answers"] = [int(ranking.answers[at[k]]) if k in at else (0 if k else np.nan) for k in keys]
+    values = {a: {k: v for k, v in zip(keys, df[a]) if k is not None} for a in axes}
+    rated = df[df["human_score"].notna()]
+    correlation = {}
+    for metric in metric_columns(df):
+        good = _goodness(metric, rated[metric])
+        both = good.notna() & np.isfinite(good)
+        if both.sum() >= 3 and good[both].nunique() > 1 and rated.loc[both, "human_score"].nunique() > 1:
+            rho = spearmanr(good[both], rated.loc[both, "human_score"]).statistic
+            correlation[metric] = {"rho": round(float(rho), 4), "images": int(both.sum())}
+    used = [a for a in answers if a.left in at and a.right in at]
+    return df, {"answers": ranking.used, "ignored": ranking.ignored, "raters": ranking.raters,
+                "images": len(at), "axes": ratings.axis_figures(ranking, values),
+                "agreement": ratings.agreement(used), "correlation": correlation}
+
+
+def add_human_figures(by_axis: pd.DataFrame, human: dict) -> pd.DataFrame:
+    """by_axis.csv's people's columns: per value, its mean strength, interval, rated images and answers."""
+    by_axis = by_axis.copy()
+    columns = {"human_score": "score", "human_low": "low", "human_high": "high", "human_images": "images",
+               "human_answers": "answers"}
+    rows = []
+    for axis, value in zip(by_axis["axis"], by_axis["value"]):
+        figures = {fmt(v): f for v, f in human["axes"].get(axis, {}).get("values", {}).items()}
+        f = figures.get(value)
+        rows.append({c: (f[k] if f else (0 if k in ("images", "answers") else np.nan)) for c, k in columns.items()})
+    for c in columns:
+        by_axis[c] = [r[c] for r in rows]
+    return by_axis
+
+
+def write_people_charts(human: dict, out_dir: Path) -> dict[str, str]:
+    """Per axis, the people's score of each value with its interval, as SVG: plots/people/<axis>.svg (the page shows
+    them, Comet gets the files). Returns {axis: svg}."""
+    from .charts import axis_chart
+
+    folder = out_dir / "plots" / "people"
+    folder.mkdir(parents=True, exist_ok=True)
+    charts = {}
+    for axis, fig in human["axes"].items():
+        values = sorted(fig["values"], key=value_order)
+        f = [fig["values"][v] for v in values]
+        charts[axis] = axis_chart(f"people's score vs {axis}", [short(v, 14) for v in values],
+                                  [x["score"] for x in f], [None] * len(f), [x["low"] for x in f],
+                                  [x["high"] for x in f], [x["answers"] for x in f],
+                                  band=f"{ratings.LEVEL:.0%} interval", counted="answer(s)")
+        (folder / f"{_slug(axis)}.svg").write_text(charts[axis], encoding="utf-8")
+    return charts
+
+
+def ranking_table(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """ranking.csv: the rated images, best first, with their settings, strength, interval and answers."""
+    rated = df[df["human_score"].notna()].sort_values("human_score", ascending=False)
+    table = rated[["cell_id", "seed", "case", *[a for a in axes if a != "seed"], *HUMAN]].copy()
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
+
+
+def _finite(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+def human_summary(human: dict) -> dict:
+    """metrics.json's "human": counts, agreement, and per axis value its score, so that `dvc exp show` and `dvc exp
+    diff` compare people's verdicts across experiments; per axis how sure its winner is (a share of resamples)."""
+    score = {f"{axis}={fmt(v)}": _finite(fig["values"][v]["score"]) for axis, fig in human["axes"].items()
+             for v in sorted(fig["values"], key=value_order)}
+    return {"answers": human["answers"], "raters": human["raters"], "rated_images": human["images"],
+            "ignored_answers": human["ignored"], "agreement_alpha": _finite(human["agreement"]),
+            "score": score, "winner_sure": {a: _finite(f["sure"]) for a, f in human["axes"].items()
+                                            if f["winner"] is not None}}
 
 
 def add_clip_scores(df: pd.DataFrame, clip) -> pd.DataFrame:
@@ -601,7 +702,13 @@ def log_report_to_comet(
               "cells": report["cells"], "images": report["images"], "axes": ",".join(report["axes"])}
     metrics = {"ok": report["ok"], "failed": report["failed"], **{f"mean_{k}": v for k, v in report["mean"].items()}}
     images = {g["path"].stem: str(g["path"]) for g in report["grid_files"]}
-    assets = {name: str(out_dir / name) for name in ("runs.csv", "by_axis.csv", "best.json", "metrics.json")}
+    assets = {name: str(out_dir / name) for name in ("runs.csv", "by_axis.csv", "best.json", "metrics.json",
+                                                     "ranking.csv")}
+    assets.update({f"people-{p.name}": str(p) for p in sorted((out_dir / "plots" / "people").glob("*.svg"))})
+    human = report["human"]
+    metrics.update({"human_answers": human["answers"], "human_raters": human["raters"],
+                    **({"human_agreement_alpha": human["agreement_alpha"]} if human["agreement_alpha"] is not None
+                       else {})})
     # Not `sweep:<id>`: filtering a sweep's cells by that tag must not include its report.
     tags = ["kind:report", *(f"report-of:{s}" for s in sweeps)]
     name = "report-" + ("+".join(sweeps) or "empty")
