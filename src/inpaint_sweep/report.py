@@ -28,7 +28,6 @@ from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, s
 from .images import write_json
 from . import ratings, records
 from .records import RECORD_SETTINGS, CellRecord
-from .quality import image_quality, mask_geometry
 
 # Per-image metrics, and which way is better ("one": closest to 1). Generate measures the first five; the report
 # adds the rest from the saved images (quality.py, diversity) and, optionally, a CLIP checkpoint.
@@ -209,6 +208,8 @@ def _case_inputs(photo_path: str, mask_path: str, thumbs_dir: str) -> dict:
     outline[edge] = (255, 230, 0, 255)
     name = f"mask-{hashlib.sha1(mask_path.encode()).hexdigest()[:12]}.png"
     Image.fromarray(outline, "RGBA").save(Path(thumbs_dir) / name)
+    from .quality import mask_geometry  # here, not on top: scikit-image's import costs the review app half a second
+
     return {"photo": photo, "array": np.asarray(photo), "mask_image": mask_image, "geometry": mask_geometry(mask),
             "thumb": thumb.astype(np.int16), "outline": f"thumbs/{name}"}
 
@@ -241,6 +242,8 @@ def _measure(path: str, name: str, inputs: dict, cell_size: tuple[int, int], thu
     its thumbnail and difference heatmap, and (for diversity) its pixels inside the mask."""
     pixels = _read_rgb(path)
     try:
+        from .quality import image_quality  # imported by _case_inputs before any image is measured
+
         metrics = image_quality(pixels, inputs["array"], inputs["geometry"])
     except ValueError:  # not the photo's size: nothing to compare pixel for pixel
         metrics = {}

@@ -106,7 +106,8 @@ class Review:
         self.answered: dict[str, dict[tuple[int, int], int]] = {}  # rater -> pair (view indices) -> times answered
         self.issued: dict[str, set[tuple[int, int]]] = {}  # rater -> pairs handed out by this server
         self.strength = np.zeros(len(view.images))
-        self.fitted = -1  # len(answers) when strength was fitted
+        self.fitted = 0  # len(answers) when strength was fitted
+        self.fitting: threading.Thread | None = None  # the refit running, if one is
         self.thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self.thumb_lock = threading.Lock()
         with self.lock:
@@ -126,18 +127,26 @@ class Review:
                 mine[pair] = mine.get(pair, 0) + 1
 
     def _strengths(self) -> np.ndarray:
-        """The current Bradley-Terry strengths of the view's images (0 for unrated ones), refitted when answers
-        came in."""
-        if self.fitted != len(self.answers):
-            at = self.view.at
-            used = [a for a in self.answers if a.left in at and a.right in at]
-            rated = sorted({at[k] for a in used for k in (a.left, a.right)})
-            local = {self.view.images[k].key: n for n, k in enumerate(rated)}
-            self.strength = np.zeros(len(self.view.images))
-            if rated:
-                self.strength[rated] = ratings.fit(len(rated), used, local)
-            self.fitted = len(self.answers)
+        """The Bradley-Terry strengths of the view's images (0 for unrated ones) as last fitted. A refit of the
+        answers that came in since runs in a thread of its own: its cost grows with the rated images, and a pair
+        chosen on strengths a few answers old is as good, while the rater does not wait."""
+        if self.fitted != len(self.answers) and self.fitting is None:
+            self.fitting = threading.Thread(target=self._refit, args=(list(self.answers),), daemon=True)
+            self.fitting.start()
         return self.strength
+
+    def _refit(self, answers: list[ratings.Answer]) -> None:
+        at = self.view.at
+        used = [a for a in answers if a.left in at and a.right in at]
+        rated = sorted({at[k] for a in used for k in (a.left, a.right)})
+        local = {self.view.images[k].key: n for n, k in enumerate(rated)}
+        strength = np.zeros(len(self.view.images))
+        try:
+            if rated:
+                strength[rated] = ratings.fit(len(rated), used, local)
+        finally:
+            with self.lock:
+                self.strength, self.fitted, self.fitting = strength, len(answers), None
 
     def state(self, rater: str) -> dict:
         with self.lock:
