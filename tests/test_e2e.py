@@ -36,7 +36,22 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "Running stage" not in second.stdout
     assert second.stdout.count("didn't change, skipping") == 4  # data/images.dvc and the three stages
 
-    # 3. Edit one grid value the way the README says: generate and report run again, prepare does not.
+    # 3. People answered in the review app (make review): only the report runs again, and shows it.
+    from inpaint_sweep import ratings
+
+    cells = sorted(zip(runs["cell_id"], runs["seed"]))
+    ratings.append(repo / "data" / "ratings", ratings.new_answer("ann", runs["case"][0], cells[0], cells[1], "right"))
+    rated = run(["dvc", "repro"], cwd=repo, env=env)
+    assert "Running stage 'report'" in rated.stdout and "Running stage 'generate'" not in rated.stdout
+    runs = pd.read_csv(repo / "results" / "report" / "runs.csv").set_index("cell_id")
+    assert runs.loc[cells[1][0], "human_score"] > runs.loc[cells[0][0], "human_score"]
+    assert runs["human_answers"].tolist() == [1, 1]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=repo, env=env).stdout)
+    assert '"answers": 1' in json.dumps(shown) and '"raters": 1' in json.dumps(shown)
+    html = (repo / "results" / "report" / "index.html").read_text()
+    assert html.index('id="people"') < html.index('id="summary"') and "1 blind pairwise answer(s)" in html
+
+    # 4. Edit one grid value the way the README says: generate and report run again, prepare does not.
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ran"], cwd=repo)
     third = run(["dvc", "exp", "run", "-S", "hydra.sweeper.params.guidance='5,12'"], cwd=repo, env=env, timeout=600)
