@@ -50,6 +50,7 @@ bench: data
 	$(PY) bench/prepare_speed.py
 	$(PY) bench/help_speed.py
 	$(PY) bench/report_scale.py
+	$(PY) bench/review_scale.py
 	$(PY) bench/gpu_throughput.py --arch tiny --size 64 --steps 2   # CPU smoke run; on a GPU: no flags
 
 clean:
