@@ -196,12 +196,19 @@ def test_report_stage_rejects_a_key_that_did_not_vary(tmp_path, fake_cells, repo
 
 def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path, fake_cells):
     """The report stage's one end-to-end run, in its own process (as `dvc repro` runs it), with Comet offline."""
+    from inpaint_sweep import ratings
+
     fake_cells(tmp_path / "generate")
     out = tmp_path / "report"
-    run(["python", "stages/report.py", f"paths.generate={tmp_path / 'generate'}", f"paths.report={out}"],
-        env=stage_env(COMET_API_KEY=""))
+    for k in range(6):  # people's answers: the report's experiment carries their ranking too
+        ratings.append(tmp_path / "ratings", ratings.new_answer("ann", "case", (f"case-{k:03d}", 0),
+                                                                (f"case-{k + 6:03d}", 0), "left"))
+    ran = run(["python", "stages/report.py", f"paths.generate={tmp_path / 'generate'}", f"paths.report={out}",
+               f"paths.ratings={tmp_path / 'ratings'}"], env=stage_env(COMET_API_KEY=""))
+    assert "people's choice: 6 answer(s) by 1 rater(s) about 12 image(s)" in ran.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["images"], metrics["ok"], metrics["failed"], metrics["grids"]) == (24, 24, 0, 4)
+    assert (metrics["human"]["answers"], metrics["human"]["rated_images"]) == (6, 12)
     html = (out / "index.html").read_text()
     assert "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert html.count('<img loading="lazy" src="grids/') == 4 and html.count('"t":"thumbs/case-') == 24
@@ -221,7 +228,8 @@ def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path
     assert not any(tag.startswith("sweep:") for tag in experiment["tags"])  # a sweep's cells filter without it
     grids = {g.stem: g.read_bytes() for g in (out / "grids").glob("*.png")}
     assert len(grids) == 4 and images == grids
-    assert {"runs.csv", "by_axis.csv", "best.json", "metrics.json"} <= assets
+    assert {"runs.csv", "by_axis.csv", "best.json", "metrics.json", "ranking.csv"} <= assets
+    assert {f"people-{axis}.svg" for axis in ("guidance", "strength", "steps", "negative_prompt")} <= assets
 
 
 def test_dvc_plots_declared_in_dvc_yaml_match_the_report():
