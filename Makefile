@@ -25,7 +25,7 @@ repro: data
 
 # The review app over the current view (after `make repro`): prints its URL; answers go to data/ratings/ (commit them).
 review: install
-	$(PY) stages/review.py $(ARGS)
+	PYTHONPATH=src $(PY) stages/review.py $(ARGS)
 
 # DVC experiments (README "Compare two grids"): run every experiment queued with `dvc exp run --queue -S ...`,
 # JOBS at a time; unlike `dvc exp run --run-all`, exit 1 when any of them failed.

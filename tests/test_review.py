@@ -338,3 +338,29 @@ def test_the_report_shows_what_people_said(bright_view, tmp_path):
     assert "40 blind pairwise answer(s) by 2 rater(s) about 12 image(s)" in html
     assert "1 answer(s) about images not in this view are not counted" in html
     assert html.count('aria-label="people&#x27;s score vs') == 2 and "Which metric agrees with people" in html
+
+
+def test_pairs_differ_in_one_axis_cover_every_image_and_never_repeat(tmp_path, fake_cells):
+    """In process (review.Review): the pairs the app chooses, answered as they come."""
+    from inpaint_sweep.review import Review, open_view
+
+    fake_cells(tmp_path / "gen")  # the default 24-cell grid: 4 axes
+    view = open_view(tmp_path / "gen" / "cells")
+    assert view.axes == ["steps", "guidance", "strength", "negative_prompt"] and len(view.images) == 24
+    review = Review(view, tmp_path / "ratings", 256, seed=0)
+    settings = {i.key: tuple(view.values[a][i.key] for a in view.axes) for i in view.images}
+    shown, pairs = set(), []
+    for _ in range(16):
+        pair = review.next_pair("ann")
+        left, right = ((pair[s]["cell_id"], pair[s]["seed"]) for s in ("left", "right"))
+        assert sum(x != y for x, y in zip(settings[left], settings[right])) == 1  # one setting tells them apart
+        shown |= {left, right}
+        pairs.append(frozenset((left, right)))
+        review.answer("ann", pair["case"], left, right, "tie")
+    assert len(shown) == 24 and len(set(pairs)) == 16  # fewest answers first: every image within 16 pairs
+    # Every pair of the view (276) once before any twice; another rater starts afresh.
+    for _ in range(276 - 16):
+        pair = review.next_pair("ann")
+        pairs.append(frozenset((pair[s]["cell_id"], pair[s]["seed"]) for s in ("left", "right")))
+    assert len(set(pairs)) == 276
+    assert review.next_pair("ann") is not None and review.state("bob")["answered"] == 0
