@@ -116,26 +116,37 @@ def log_cell(
     tags: list[str],
     images: dict[str, str],
     assets: dict[str, str] | None = None,
+    others: dict | None = None,
+    experiment_key: str | None = None,
+    git_patch: bool = False,
+    html: str | None = None,
 ) -> str:
-    """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL.
+    """Create one experiment, log params, metrics, tags, other values, image files, assets and an HTML page, end it.
+    Returns the archive path or URL. `experiment_key`: the key to create it under (None: comet_ml picks one).
 
     comet_ml keeps one experiment alive per process (starting one ends the one before), so a process logs its
     experiments one after another; the logger process below runs several such processes.
     """
-    experiment = start_experiment(online, offline_dir, project, workspace, name, tags)
+    options = dict(project=project, workspace=workspace, name=name, tags=tags, experiment_key=experiment_key,
+                   git_patch=git_patch)
+    experiment = start_experiment(online, offline_dir, **options)
     # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
     # not start (the server stopped answering since the check); test_faults.py pins it.
     if online and not experiment.alive:
         log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
         experiment.end()
         online = False
-        experiment = start_experiment(False, offline_dir, project, workspace, name, tags)
+        experiment = start_experiment(False, offline_dir, **options)
     experiment.log_parameters(params)
     experiment.log_metrics(metrics)
+    if others:
+        experiment.log_others(others)
     for image_name, path in images.items():
         experiment.log_image(path, name=image_name)
     for file_name, path in (assets or {}).items():  # tables and other files, under their own names
         experiment.log_asset(path, file_name=file_name)
+    if html:
+        experiment.log_html(html)
     key = experiment.get_key()
     experiment.end()
     if online:
@@ -147,12 +158,15 @@ def log_cell(
 
 
 def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
-                     tags: list[str]):
-    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given."""
+                     tags: list[str], experiment_key: str | None = None, git_patch: bool = False):
+    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given, plus the git commit
+    and branch (comet_ml's git logging, from this process's working directory) and, with `git_patch`, the
+    uncommitted changes. Git logging is off where the remote's URL holds a credential (git_remote_is_safe)."""
     import comet_ml
 
     if not online:
         Path(offline_dir).mkdir(parents=True, exist_ok=True)
+    git = git_remote_is_safe()
     config = comet_ml.ExperimentConfig(
         name=name,
         tags=tags,
@@ -161,8 +175,10 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
         log_code=False,
         log_graph=False,
         parse_args=False,
-        log_git_metadata=False,
-        log_git_patch=False,
+        log_git_metadata=git,
+        log_git_patch=git and git_patch,
+        # Not comet_ml's environment logging: it probes cloud metadata servers over the network, lists every OS
+        # package and samples the system in threads. Where the cell ran is its record's `machine`, sent as others.
         log_env_details=False,
         log_env_gpu=False,
         log_env_host=False,
@@ -175,7 +191,24 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
         auto_log_co2=False,
     )
     return comet_ml.start(project_name=project, workspace=workspace, mode="create", online=online,
-                          experiment_config=config)
+                          experiment_key=experiment_key, experiment_config=config)
+
+
+@functools.lru_cache(maxsize=1)
+def git_remote_is_safe() -> bool:
+    """Whether comet_ml's git logging may run here: it sends the `origin` remote's URL as it is, and a URL such as
+    https://user:token@host/repo carries a credential. Such a remote: one warning, and no git metadata is sent."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = subprocess.run(["git", "config", "--get", "remote.origin.url"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return True  # no git here: comet_ml finds no repository and sends nothing
+    if url and urlsplit(url).password is not None:
+        log.warning("the git remote 'origin' URL holds a credential; git metadata is not sent to Comet")
+        return False
+    return True
 
 
 # The logger: a child process (`python -c "...serve()"`) fed one JSON line per experiment on its stdin, and
