@@ -14,9 +14,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import tracking
+from .images import preview
 from .identity import NOT_IDENTITY, flatten, task_container
 from .records import COMET_ARCHIVE, CellRecord, file_entry, write_record
 from .store import CellStore
@@ -107,8 +107,10 @@ class CometLog:
         cid = record.cell_id
         try:
             where = answer.result()
-            if job.get("experiment_key"):
-                record.comet_key = job["experiment_key"]  # the same key offline, uploaded and online
+            # The experiment's key: the last part of an online experiment's URL, else the one chosen here (which
+            # its archive keeps when uploaded).
+            record.comet_key = where.rstrip("/").rsplit("/", 1)[-1] if where.startswith("http") else (
+                job.get("experiment_key") or record.comet_key)
             if where.startswith("uploaded:"):
                 record.comet_uploaded = where.removeprefix("uploaded:")
             elif where.startswith("http"):
@@ -124,27 +126,6 @@ class CometLog:
             if job.get("offline_dir"):
                 shutil.rmtree(job["offline_dir"], ignore_errors=True)
         write_record(record, self.store.cell_dir(cid))
-
-
-def preview(source: Path, folder: Path, image_format: str, max_pixels: int | None,
-            decoded: Image.Image | None = None) -> str:
-    """A copy of the picture `source` for Comet: `image_format`, at most `max_pixels` pixels (aspect kept).
-    `decoded`: the picture already in memory (a computed cell's), so the file need not be decoded again."""
-    if image_format == "png" and not max_pixels:
-        return str(source)
-    image = decoded
-    if image is None:
-        with Image.open(source) as opened:
-            image = opened.copy()
-    if max_pixels and image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
-                             Image.Resampling.LANCZOS)
-    target = folder / f"{source.stem}.{'jpg' if image_format == 'jpeg' else image_format}"
-    if image_format == "jpeg" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    image.save(target, format=image_format.upper(), quality=90, method=0)  # method: WebP's fastest
-    return str(target)
 
 
 # Settings in a cell's identity that are not sent as parameters, each with why: the rest go, once each.

@@ -122,21 +122,22 @@ def log_cell(
     html: str | None = None,
 ) -> str:
     """Create one experiment, log params, metrics, tags, other values, image files, assets and an HTML page, end it.
-    Returns the archive path or URL. `experiment_key`: the key to create it under (None: comet_ml picks one).
+    Returns the archive path or URL. `experiment_key`: the key of an offline experiment, kept when its archive is
+    uploaded (None: comet_ml picks one); an online experiment gets the server's key, the last part of its URL.
 
     comet_ml keeps one experiment alive per process (starting one ends the one before), so a process logs its
     experiments one after another; the logger process below runs several such processes.
     """
-    options = dict(project=project, workspace=workspace, name=name, tags=tags, experiment_key=experiment_key,
-                   git_patch=git_patch)
-    experiment = start_experiment(online, offline_dir, **options)
+    options = dict(project=project, workspace=workspace, name=name, tags=tags, git_patch=git_patch)
+    # Online, a key chosen here would cost a request asking the server whether it is taken.
+    experiment = start_experiment(online, offline_dir, experiment_key=None if online else experiment_key, **options)
     # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
     # not start (the server stopped answering since the check); test_faults.py pins it.
     if online and not experiment.alive:
         log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
         experiment.end()
         online = False
-        experiment = start_experiment(False, offline_dir, **options)
+        experiment = start_experiment(False, offline_dir, experiment_key=experiment_key, **options)
     experiment.log_parameters(params)
     experiment.log_metrics(metrics)
     if others:
