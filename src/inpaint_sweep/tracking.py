@@ -173,7 +173,7 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
         tags=tags,
         offline_directory=None if online else str(offline_dir),
         display_summary_level=0,
-        log_code=False,
+        log_code=git and git_patch,  # comet_ml sends no patch without it (and no code file from a logger process)
         log_graph=False,
         parse_args=False,
         log_git_metadata=git,
