@@ -330,3 +330,35 @@ def test_git_metadata_goes_without_credentials_and_the_patch_only_when_asked(tmp
     assert b"uncommitted" not in everything
     messages, everything = logged(plain, git_patch=True)
     assert b"uncommitted" in everything and b"SENTINEL-comet" not in everything
+
+
+def test_saving_a_view_without_a_key_or_a_server_fails_in_one_line(tmp_path):
+    from inpaint_sweep.comet_report import build_view, view_file
+    from inpaint_sweep.images import write_json
+
+    path = tmp_path / "view-s1.json"
+    write_json(view_file(build_view("s1", ["guidance"], ["drift_psnr"])), path)
+    command = ["python", "-m", "inpaint_sweep.comet_report", str(path)]
+    no_key = run(command, check=False)
+    assert no_key.returncode == 2 and no_key.stderr.strip().splitlines() == [
+        "error: COMET_API_KEY is not set: a view is saved in your Comet project, which needs your key"]
+    with socket_bound() as port:  # a loopback port nothing answers on
+        down = run(command, env=stage_env(COMET_API_KEY="key", COMET_HTTP_SESSION_RETRY_TOTAL="0",
+                                          COMET_URL_OVERRIDE=f"http://127.0.0.1:{port}/clientlib/"), check=False)
+    lines = down.stderr.strip().splitlines()
+    assert down.returncode == 1 and len(lines) == 1 and lines[0].startswith(
+        f"error: Comet view {path} was not saved: ConnectionError") and "Traceback" not in down.stderr
+
+
+def socket_bound():
+    """A context giving a loopback port that is bound but never listens: connections to it are refused."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def bound():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            yield s.getsockname()[1]
+
+    return bound()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from html import escape
@@ -176,10 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", default=t.project)
     parser.add_argument("--workspace", default=t.workspace)
     args = parser.parse_args(argv)
+    if not os.environ.get("COMET_API_KEY"):
+        print("error: COMET_API_KEY is not set: a view is saved in your Comet project, which needs your key",
+              file=sys.stderr)
+        return 2
+    os.environ["COMET_LOGGING_CONSOLE"] = "CRITICAL"  # read when comet_ml is imported: the line below says what failed
     for path in args.views:
         try:
             view_id = apply_view(path, args.project, args.workspace)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - comet_ml raises its own types and requests'; each is one line here
             print(f"error: Comet view {path} was not saved: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         print(f"Comet view saved: {path.name} -> project {args.project} ({view_id})")
