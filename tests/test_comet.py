@@ -275,6 +275,25 @@ def test_the_report_shows_where_each_cell_ran_and_older_records_still_read(tmp_p
     assert line == "n1 · Xeon (AVX512) · H100 (driver 550.54, CUDA 12.1) · torch 2.4.0+cu121 · slurm job 7_2 on g7"
 
 
+def test_an_older_record_sends_typed_parameters_without_placeholders():
+    """A record written before identities were stored: its config's unset values are left out, not worded."""
+    from inpaint_sweep.logbook import comet_params, experiment_name
+    from inpaint_sweep.records import CellRecord
+
+    record = CellRecord.from_dict({
+        "cell_id": "bus-0123456789ab", "case": "bus", "guidance": 7.5, "negative_prompt": "", "prompt": "a dragon",
+        "model": "tiny", "model_id": "builtin/tiny-sd-inpaint", "model_revision": "v2-seed0", "mask_method": "box",
+        "config": {"guidance": 7.5, "steps": 8, "negative_prompt": "", "prompt": None, "model.scheduler": None,
+                   "model.cpu_threads": None, "mask.classes": [], "model.cache_dir": ".cache/models",
+                   "model.seed": 0, "model.source": "tiny", "seed": 0, "prompt_sr": None}})
+    params = comet_params(record)
+    assert params == {"case": "bus", "cell_id": "bus-0123456789ab", "guidance": 7.5, "mask.method": "box",
+                      "model.id": "builtin/tiny-sd-inpaint", "model.name": "tiny", "model.revision": "v2-seed0",
+                      "negative_prompt": "", "prompt": "a dragon", "seed": 0, "steps": 8}
+    assert experiment_name(record, ["guidance", "negative_prompt"]) == "bus · guidance=7.5 · neg=(none)"
+    assert experiment_name(record, []) == "bus · steps=8 · guidance=7.5 · neg=(none)"  # nothing varied
+
+
 def _repo(folder: Path, origin: str) -> Path:
     folder.mkdir()
     for cmd in (["init", "-q", "-b", "main"], ["remote", "add", "origin", origin]):
