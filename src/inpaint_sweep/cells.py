@@ -251,7 +251,8 @@ class CaseInputs:
 class CellMaker:
     """Makes the cells of one job's combinations; use as a context manager, which closes every part once."""
 
-    def __init__(self, store: CellStore, view: Path, sweep_id: str, tracking_cfg, axes: list[str] | None = None) -> None:
+    def __init__(self, store: CellStore, view: Path, sweep_id: str, tracking_cfg,
+                 axes: list[str] | None = None) -> None:
         self.store = store
         self.view = view
         self.sweep_id = sweep_id

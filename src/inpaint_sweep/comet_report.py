@@ -36,8 +36,7 @@ def cell_experiments(cells_dir: str | Path) -> list[dict]:
     for record in read_records(cells_dir):
         url = record.comet if record.comet and str(record.comet).startswith("http") else None
         out.append({"cell_id": record.cell_id, "case": record.case, "sweep_id": record.sweep_id,
-                    "key": record.comet_key or (url.rstrip("/").rsplit("/", 1)[-1] if url else None), "url": url,
-                    "metrics": {k: v for e in record.images[:1] for k, v in e.metrics.items()}})
+                    "key": record.comet_key or (url.rstrip("/").rsplit("/", 1)[-1] if url else None), "url": url})
     return out
 
 
@@ -126,7 +125,8 @@ def log_report_to_comet(out_dir: str | Path, cells_dir: str | Path, report: dict
     cells = cell_experiments(cells_dir)
     params, metrics = report_params(report)
     tags = ["kind:report", *(f"report-of:{s}" for s in sweeps)]  # not `sweep:<id>`: a sweep's filter shows cells
-    name = "report · " + (" + ".join(sweeps) or "empty") + (" · " + " × ".join(report["axes"]) if report["axes"] else "")
+    axes = [" × ".join(report["axes"])] if report["axes"] else []
+    name = " · ".join(["report", " + ".join(sweeps) or "empty", *axes])
     measured = [m for m in VIEW_METRICS if m in report["mean"] or m == "generation_seconds"]
     views = [build_view(s, report["axes"], measured) for s in sweeps]
     with tempfile.TemporaryDirectory(prefix="comet-report-") as work:
