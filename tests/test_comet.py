@@ -201,6 +201,11 @@ def test_offline_archives_uploaded_with_comet_upload_read_as_people_compare_runs
     sent = experiments(received)
     records = view(tmp_path)
     assert len(records) == 4 and {r["comet_key"] for r in records} < set(sent)  # the archives' keys, kept
+    # Where each cell ran is in the report's image details too.
+    from inpaint_sweep.machine import describe
+
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert json.dumps(describe(records[0]["machine"]))[1:-1] in page and records[0]["machine"]["cpu"]
     for record in records:
         check_cell_experiment(sent[record["comet_key"]], record, AXES)
         start, end = sent[record["comet_key"]]["times"]
