@@ -333,16 +333,19 @@ def test_git_metadata_goes_without_credentials_and_the_patch_only_when_asked(tmp
         tracking.git_remote_is_safe.cache_clear()
         try:
             where = tracking.log_cell(tmp_path / "comet", False, "p", None, "c", {"guidance": 5.0}, {}, ["t"],
-                                      {"output": str(tmp_path / "out.png")}, git_patch=git_patch)
+                                      {"output": str(tmp_path / "out.png")}, git=tracking.git_remote_is_safe(),
+                                      git_patch=git_patch)
         finally:
             tracking.git_remote_is_safe.cache_clear()
         return _archive_messages(where)
 
-    # A remote URL holding a token: no git metadata at all, one warning, the token nowhere.
-    leaky = _repo(tmp_path / "leaky", f"https://user:{secret}@git.example.com/team/repo.git")
-    messages, everything = logged(leaky, git_patch=True)
-    assert not [m for m in messages if m["type"] == "git_metadata"] and secret.encode() not in everything
-    assert caplog.text.count("holds a credential") == 1 and b"SENTINEL-comet" not in everything
+    # A remote URL holding a token (with a user name, or as the user name): no git metadata at all, one warning each,
+    # the token nowhere.
+    for n, origin in enumerate([f"https://user:{secret}@git.example.com/team/repo.git",
+                                f"https://{secret}@git.example.com/team/repo.git"]):
+        messages, everything = logged(_repo(tmp_path / f"leaky{n}", origin), git_patch=True)
+        assert not [m for m in messages if m["type"] == "git_metadata"] and secret.encode() not in everything
+        assert caplog.text.count("holds a credential") == n + 1 and b"SENTINEL-comet" not in everything
 
     # A plain remote: commit and branch; the uncommitted change only with tracking.git_patch.
     plain = _repo(tmp_path / "plain", "https://git.example.com/team/repo.git")

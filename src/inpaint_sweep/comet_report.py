@@ -138,7 +138,7 @@ def log_report_to_comet(out_dir: str | Path, cells_dir: str | Path, report: dict
         where = tracking.log_cell(out_dir / "comet", online, t.project, t.workspace, name, params, metrics, tags,
                                   images, assets=assets, html=summary_html(report, cells),
                                   others={"cell_experiment_keys": ",".join(c["key"] or "" for c in cells)},
-                                  git_patch=bool(t.git_patch))
+                                  git=tracking.git_remote_is_safe(), git_patch=bool(t.git_patch))
     if where.startswith("http"):
         for view in views:
             try:

@@ -35,6 +35,7 @@ class CometLog:
         self.store = store
         self.logger = tracking.CometLogger()
         self.online = tracking.is_online(tracking_cfg.offline)
+        self.git = tracking.git_remote_is_safe()  # asked here once, not in each of the logger's workers
         self.axes = list(axes or ())  # the settings that vary in this sweep: what each experiment's name shows
         self._inputs_logged: dict[str, str] = {}  # case id -> the experiment that holds its photo and mask
 
@@ -80,6 +81,7 @@ class CometLog:
             "assets": {"config.json": str(config)},
             "others": others,
             "experiment_key": record.comet_key or new_experiment_key(),
+            "git": self.git,
             "git_patch": bool(t.git_patch),
         }
 

@@ -118,17 +118,19 @@ def log_cell(
     assets: dict[str, str] | None = None,
     others: dict | None = None,
     experiment_key: str | None = None,
+    git: bool = False,
     git_patch: bool = False,
     html: str | None = None,
 ) -> str:
     """Create one experiment, log params, metrics, tags, other values, image files, assets and an HTML page, end it.
     Returns the archive path or URL. `experiment_key`: the key of an offline experiment, kept when its archive is
     uploaded (None: comet_ml picks one); an online experiment gets the server's key, the last part of its URL.
+    `git`: send the git commit and branch (the caller asks git_remote_is_safe() once), `git_patch`: and the patch.
 
     comet_ml keeps one experiment alive per process (starting one ends the one before), so a process logs its
     experiments one after another; the logger process below runs several such processes.
     """
-    options = dict(project=project, workspace=workspace, name=name, tags=tags, git_patch=git_patch)
+    options = dict(project=project, workspace=workspace, name=name, tags=tags, git=git, git_patch=git_patch)
     # Online, a key chosen here would cost a request asking the server whether it is taken.
     experiment = start_experiment(online, offline_dir, experiment_key=None if online else experiment_key, **options)
     # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
@@ -159,15 +161,14 @@ def log_cell(
 
 
 def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
-                     tags: list[str], experiment_key: str | None = None, git_patch: bool = False):
-    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given, plus the git commit
-    and branch (comet_ml's git logging, from this process's working directory) and, with `git_patch`, the
-    uncommitted changes. Git logging is off where the remote's URL holds a credential (git_remote_is_safe)."""
+                     tags: list[str], experiment_key: str | None = None, git: bool = False, git_patch: bool = False):
+    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given, plus, with `git`, the
+    git commit and branch (comet_ml's git logging, from this process's working directory) and, with `git_patch` too,
+    the uncommitted changes."""
     import comet_ml
 
     if not online:
         Path(offline_dir).mkdir(parents=True, exist_ok=True)
-    git = git_remote_is_safe()
     config = comet_ml.ExperimentConfig(
         name=name,
         tags=tags,
@@ -198,7 +199,8 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
 @functools.lru_cache(maxsize=1)
 def git_remote_is_safe() -> bool:
     """Whether comet_ml's git logging may run here: it sends the `origin` remote's URL as it is, and a URL such as
-    https://user:token@host/repo carries a credential. Such a remote: one warning, and no git metadata is sent."""
+    https://user:token@host/repo (or https://token@host/repo) carries a credential. Such a remote: one warning, and
+    no git metadata is sent. Asked once per process, by whoever logs (the logger's workers are told)."""
     from urllib.parse import urlsplit
 
     try:
@@ -206,7 +208,8 @@ def git_remote_is_safe() -> bool:
                              timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return True  # no git here: comet_ml finds no repository and sends nothing
-    if url and urlsplit(url).password is not None:
+    parts = urlsplit(url)
+    if parts.password is not None or (parts.scheme in ("http", "https") and parts.username):
         log.warning("the git remote 'origin' URL holds a credential; git metadata is not sent to Comet")
         return False
     return True
