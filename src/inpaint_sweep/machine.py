@@ -88,7 +88,8 @@ def describe(machine: dict) -> str:
         return ""
     parts = [machine.get("hostname", "?"), f"{machine.get('cpu', '?')} ({machine.get('cpu_capability', '?')})"]
     if machine.get("gpu"):
-        parts.append(f"{machine['gpu']} (driver {machine.get('gpu_driver', '?')}, CUDA {machine.get('torch_cuda', '?')})")
+        driver, cuda = machine.get("gpu_driver", "?"), machine.get("torch_cuda", "?")
+        parts.append(f"{machine['gpu']} (driver {driver}, CUDA {cuda})")
     parts.append(f"torch {machine.get('torch_build', '?')}")
     if machine.get("slurm_job_id"):
         task = machine.get("slurm_array_task_id")
