@@ -389,3 +389,16 @@ def socket_bound():
             yield s.getsockname()[1]
 
     return bound()
+
+
+def test_the_view_has_a_bar_chart_per_metric_and_axis_laid_out_without_overlap():
+    from inpaint_sweep.comet_report import build_view
+
+    view = build_view("s1", ["guidance", "strength", "steps"], ["drift_psnr", "seam"])
+    (section,) = view.v3["sections"]
+    bars = [(p["x"]["name"], p["y"]["name"]) for p in section["panels"] if p["type"] == "bar"]
+    assert sorted(bars) == sorted((a, m) for a in ("guidance", "strength", "steps") for m in ("drift_psnr", "seam"))
+    assert [b["i"] for b in section["layout"]] == [str(n) for n in range(len(section["panels"]))]
+    taken = [(x, y) for b in section["layout"] for x in range(b["x"], b["x"] + b["w"])
+             for y in range(b["y"], b["y"] + b["h"])]
+    assert len(taken) == len(set(taken)) and max(x for x, _ in taken) < 12  # no overlap, within 12 columns

@@ -91,8 +91,10 @@ def build_view(sweep_id: str, axes: list[str], metrics: list[str]):
                "metrics": list(metrics)}]
     panels += [{"type": "bar", "title": f"{m} by {a}", "x": {"type": "parameter", "name": a},
                 "y": {"type": "metric", "name": m, "aggregation": "mean"}} for m in metrics for a in axes]
-    layout = [{"i": str(n), "x": (n % 2) * 6, "y": (n // 2) * 6, "w": 12 if n < 2 else 6, "h": 6}
-              for n in range(len(panels))]
+    # A 12-column grid: the images and the parallel coordinates a row each, then the bar charts two to a row.
+    layout = [{"i": str(n), "x": 0, "y": 6 * n, "w": 12, "h": 6} for n in range(2)]
+    layout += [{"i": str(n), "x": (n - 2) % 2 * 6, "y": 12 + (n - 2) // 2 * 6, "w": 6, "h": 6}
+               for n in range(2, len(panels))]
     query = {"rulesTree": {"condition": "AND", "rules": [
         {"id": "tags", "field": "tags", "type": "string", "operator": "contains", "value": f"sweep:{sweep_id}"}]}}
     return View(name=f"inpaint-sweep {sweep_id}", query_state=json.dumps(query),
