@@ -38,8 +38,8 @@ def main() -> None:
         for name, extra in (("full-png", ["tracking.image_format=png", "tracking.image_max_pixels=null"]),
                             ("defaults", [])):
             sizes = archive_sizes(tmp, name, args.cells, extra)
-            print(f"{name:9s}: {len(sizes)} archives, mean {statistics.mean(sizes) / 2**20:.2f} MiB a cell "
-                  f"(min {min(sizes) / 2**20:.2f}, max {max(sizes) / 2**20:.2f})")
+            print(f"{name:9s}: {len(sizes)} archives, mean {statistics.mean(sizes) / 2**20:.3f} MiB a cell "
+                  f"(min {min(sizes) / 2**20:.3f}, max {max(sizes) / 2**20:.3f})")
 
 
 if __name__ == "__main__":

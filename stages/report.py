@@ -11,7 +11,8 @@ from inpaint_sweep import cli, tracking
 from inpaint_sweep.config import load_config
 from inpaint_sweep.validate import check_report_config
 from inpaint_sweep.html_report import write_html
-from inpaint_sweep.report import build_report, log_report_to_comet, metric_columns
+from inpaint_sweep.comet_report import log_report_to_comet
+from inpaint_sweep.report import build_report, metric_columns
 
 
 @cli.one_line_errors
@@ -28,10 +29,13 @@ def main(overrides: list[str]) -> None:
     report = build_report(Path(cfg.paths.generate) / "cells", out, rows=r.rows, cols=r.cols, cell_size=r.cell_size,
                           max_megapixels=r.max_megapixels, clip=clip, ratings_dir=cfg.paths.ratings)
     rows, cols = report["rows"], report["cols"]  # null in the config: chosen among the axes that varied
-    comet = None
+    metrics = metric_columns(report["df"])
+    comet = view = None
     if t.comet and len(report["df"]):
-        comet = log_report_to_comet(out, report, rows, cols, tracking.is_online(t.offline), t.project, t.workspace)
-    write_html(out / "index.html", report, metric_columns(report["df"]), rows, cols, comet)
+        page = write_html(out / "index.html", report, metrics, rows, cols, None)  # the page Comet gets
+        comet, view = log_report_to_comet(out, Path(cfg.paths.generate) / "cells", report, page,
+                                          tracking.is_online(t.offline), t)
+    write_html(out / "index.html", report, metrics, rows, cols, comet)
     print(
         f"report: {report['cells']} cell(s), {report['images']} image(s), {report['ok']} ok, {report['failed']} "
         f"failed, {report['grids']} grid(s) of {rows or '-'} x {cols or '-'} over {len(report['axes'])} axis(es) "
@@ -44,6 +48,8 @@ def main(overrides: list[str]) -> None:
     if comet:
         upload = "" if comet.startswith("http") else f"  (upload: comet upload {comet})"
         print(f"Comet report experiment: {comet}{upload}")
+    if view:  # offline: the sweep's view is saved once its experiments are uploaded
+        print(f"Comet view of the sweep, after uploading: python -m inpaint_sweep.comet_report {view}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """End to end, for real: a copy of the repository, `dvc repro` on a shrunk grid, then the no-op and the grid edit."""
 
 import json
+import zipfile
 
 import pandas as pd
 import pytest
@@ -30,6 +31,21 @@ def test_dvc_repro_end_to_end(tmp_path):
                    for p in (repo / "results" / "generate" / "cells").glob("*/record.json"))
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=repo, env=env).stdout)
     assert "results/report/metrics.json" in json.dumps(metrics) and '"cells": 2' in json.dumps(metrics)
+    # The clone's archives read as people compare runs: a name with the swept value, typed parameters without
+    # placeholders, the clone's commit through comet_ml's git logging, the generation time.
+    head = run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
+    names = []
+    for archive in (repo / "results" / "generate" / "comet").glob("*.zip"):
+        with zipfile.ZipFile(archive) as z:
+            messages = [json.loads(x)["payload"] for x in z.read("messages.json").decode().splitlines() if x.strip()]
+        params = {m["param"]["paramName"]: m["param"]["paramValue"] for m in messages if "param" in m}
+        names += [m["value"] for m in messages if m.get("key") == "Name"]
+        assert isinstance(params["guidance"], float) and not {"(default)", "(none)", "[]"} & set(map(str,
+                                                                                                    params.values()))
+        assert [m["git_metadata"]["parent"] for m in messages if "git_metadata" in m] == [head]
+        assert [m["metric"]["metricValue"] > 0 for m in messages
+                if m.get("metric", {}).get("metricName") == "generation_seconds"] == [True]
+    assert sorted(names) == ["bus_person · guidance=5", "bus_person · guidance=9"]
 
     # 2. Nothing changed: nothing runs.
     second = run(["dvc", "repro"], cwd=repo, env=env)

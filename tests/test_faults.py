@@ -44,13 +44,18 @@ def everything_written(*roots: Path) -> bytes:
                     with zipfile.ZipFile(path) as z:
                         for name in z.namelist():
                             blob.write(z.read(name))
+                            if z.read(name)[:2] == b"PK":  # an archive inside (comet_ml's zipped git patch)
+                                with zipfile.ZipFile(io.BytesIO(z.read(name))) as inner:
+                                    blob.write(b"".join(inner.read(n) for n in inner.namelist()))
     return blob.getvalue()
 
 
 def test_unreachable_comet_falls_back_to_offline_and_no_secret_leaks(tmp_path, prepared, model_cache):
     # A loopback port with nothing listening: the online path is taken (a key is set) and fails fast.
     env = stage_env(COMET_URL_OVERRIDE=f"http://127.0.0.1:{free_port()}/clientlib/", **SENTINELS)
-    result = generate(tmp_path, prepared, model_cache, "guidance=5,9", "hydra.output_subdir=.hydra", env=env)
+    # tracking.git_patch: the uncommitted changes go too, and are searched (comet_ml zips them: unpacked below).
+    result = generate(tmp_path, prepared, model_cache, "guidance=5,9", "hydra.output_subdir=.hydra",
+                      "tracking.git_patch=true", env=env)
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("is unreachable") == 1  # one warning, not one per cell
     archives = list((tmp_path / "gen" / "comet").glob("*.zip"))

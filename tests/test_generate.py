@@ -115,6 +115,9 @@ def test_multirun_over_three_guidance_values(tmp_path, prepared, model_cache):
     assert sorted(comet_params(a)["guidance"] for a in archives) == [5.0, 7.5, 12.0]
     for r in records:
         assert comet_params(Path(r["comet"]))["cell_id"] == r["cell_id"]
+        # Named by the case and the one axis that varied (the grid sweeper hands its jobs the sweep's axes).
+        with zipfile.ZipFile(r["comet"]) as z:
+            assert f'"value":"bus_person \\u00b7 guidance={r["guidance"]:g}"' in z.read("messages.json").decode()
     # The pipeline is built once for the whole multirun.
     assert result.stderr.count("loaded model builtin/tiny-sd-inpaint") + result.stdout.count("loaded model builtin/tiny-sd-inpaint") == 1
     assert "comet upload" in result.stdout

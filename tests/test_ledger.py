@@ -337,16 +337,19 @@ def test_comet_gets_capped_previews_and_the_photo_once_per_case(tmp_path, prepar
         with zipfile.ZipFile(archive) as z:
             messages = [json.loads(x) for x in z.read("messages.json").decode().splitlines() if x.strip()]
             uploads = {m["payload"]["additional_params"]["figName"]: z.read(m["payload"]["file_path"])
-                       for m in messages if m["type"] == "file_upload"}
+                       for m in messages if m["type"] == "file_upload"
+                       and m["payload"]["upload_type"] == "visualization"}  # the pictures, not config.json
             params = {m["payload"]["param"]["paramName"]: m["payload"]["param"]["paramValue"]
                       for m in messages if m["type"] == "parameter_msg"}
-        logged[archive.stem] = (uploads, params)
-    with_inputs = [cid for cid, (uploads, _) in logged.items() if "input" in uploads]
-    assert len(with_inputs) == 1 and all(params["inputs_logged_in"] == with_inputs[0]
-                                         for _, params in logged.values())
-    for uploads, params in logged.values():
+            others = {m["payload"]["key"]: m["payload"]["value"] for m in messages if m["type"] == "log_other"}
+        logged[archive.stem] = (uploads, params, others)
+    with_inputs = [cid for cid, (uploads, _, _) in logged.items() if "input" in uploads]
+    assert len(with_inputs) == 1 and all(others["inputs_logged_in"] == with_inputs[0]
+                                         for _, _, others in logged.values())
+    for uploads, params, _ in logged.values():
         picture = Image.open(io.BytesIO(uploads["output_seed-0"]))
         assert picture.format == "JPEG" and picture.width * picture.height <= 1_000_000
-        assert params["negative_prompt"] == "(none)" and params["model.scheduler"] == "(default)"  # as in the report
+        # Real values: "" is an empty negative prompt; an unset scheduler (the checkpoint's own) is no parameter.
+        assert params["negative_prompt"] == "" and "model.scheduler" not in params
     full = Image.open(view(tmp_path)[0]["images"][0]["path"])
     assert full.format == "PNG" and full.size == Image.open(prepared / "bus_person" / "image.png").size

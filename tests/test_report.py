@@ -2,6 +2,7 @@
 it, failed cells marked, split at the size cap), axes found from what varied (any config key), the weight-free
 quality metrics, diversity across seeds, the optional CLIP score, the Comet report archive."""
 
+import io
 import json
 import zipfile
 
@@ -226,9 +227,12 @@ def test_report_stage_writes_html_and_a_comet_archive_holding_the_grids(tmp_path
                   if p["upload_type"] != "visualization"}
     assert {"kind:report", "report-of:sweep-1"} <= set(experiment["tags"])
     assert not any(tag.startswith("sweep:") for tag in experiment["tags"])  # a sweep's cells filter without it
-    grids = {g.stem: g.read_bytes() for g in (out / "grids").glob("*.png")}
-    assert len(grids) == 4 and images == grids
-    assert {"runs.csv", "by_axis.csv", "best.json", "metrics.json", "ranking.csv"} <= assets
+    grids = {g.stem: Image.open(g).size for g in (out / "grids").glob("*.png")}
+    sent = {name: Image.open(io.BytesIO(data)) for name, data in images.items()}
+    assert len(grids) == 4 and {n: p.size for n, p in sent.items()} == grids  # every grid, full size,
+    assert {p.format for p in sent.values()} == {"JPEG"}  # in tracking.image_format (jpeg by default)
+    assert {"runs.csv", "by_axis.csv", "best.json", "metrics.json", "ranking.csv", "index.html",
+            "cell_experiments.json"} <= assets
     assert {f"people-{axis}.svg" for axis in ("guidance", "strength", "steps", "negative_prompt")} <= assets
 
 

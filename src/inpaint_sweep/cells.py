@@ -38,6 +38,7 @@ from .identity import task_container
 from .images import load_photo, save_image, to_mask_image
 from .inpaint import denoise, dropped_tokens, seed_list, to_photo, working_size
 from .logbook import CometLog
+from .machine import machine_info
 from .provenance import code_version
 from .records import CellRecord, ImageEntry, PreparedCase, file_entry, load_prepared, write_record
 from .store import CellStore, show, write_failed
@@ -250,7 +251,8 @@ class CaseInputs:
 class CellMaker:
     """Makes the cells of one job's combinations; use as a context manager, which closes every part once."""
 
-    def __init__(self, store: CellStore, view: Path, sweep_id: str, tracking_cfg) -> None:
+    def __init__(self, store: CellStore, view: Path, sweep_id: str, tracking_cfg,
+                 axes: list[str] | None = None) -> None:
         self.store = store
         self.view = view
         self.sweep_id = sweep_id
@@ -260,7 +262,7 @@ class CellMaker:
         self.model = ModelSlot(store.root)
         self.finisher = Finisher()
         self.tally = Tally()
-        self.comet = CometLog(tracking_cfg, store) if tracking_cfg.comet else None
+        self.comet = CometLog(tracking_cfg, store, axes) if tracking_cfg.comet else None
         self._warned: set[tuple] = set()
 
     def __enter__(self) -> "CellMaker":
@@ -308,6 +310,7 @@ class CellMaker:
             model = self.model.get(cfg.model)
             record.scheduler_class = type(model.pipe.scheduler).__name__
             record.device, record.dtype = model.device, model.dtype
+            record.machine = machine_info()  # where it ran: not part of its identity
             image, mask, soft = self.inputs.get(case, cfg.mask)
             self._check_prompts(record, model.pipe)
             raws, metrics, box, nsfw = denoise(

@@ -98,6 +98,7 @@ class TrackingConfig:
     offline: bool = MISSING
     image_format: str = MISSING
     image_max_pixels: Optional[int] = MISSING
+    git_patch: bool = MISSING
 
 
 @dataclass

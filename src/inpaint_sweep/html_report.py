@@ -196,7 +196,7 @@ def _table_data(report: dict, metrics: list[str]) -> dict:
     numeric = [bool(c in metrics or (c in axes and df[c].map(lambda v: v is None or isinstance(v, (int, float))).all()))
                for c in columns]
     detail_keys = [k for k in DETAIL_KEYS if k in df and k not in columns
-                   and (k in ("cell_id", "seed", "image") or df[k].astype(str).nunique() > 1)]
+                   and (k in ("cell_id", "seed", "image", "machine") or df[k].astype(str).nunique() > 1)]
     twins = [t for a in axes for t in report["twins"].get(a, ())]
     detail_keys += [t for t in twins if t in df]
     rows = []

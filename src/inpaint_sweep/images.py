@@ -164,3 +164,24 @@ def write_json(data, path: str | os.PathLike) -> None:
 def to_mask_image(mask: np.ndarray) -> Image.Image:
     """A boolean mask as an 8-bit PNG-ready image: 255 inside, 0 outside."""
     return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+
+
+def preview(source: Path, folder: Path, image_format: str, max_pixels: int | None,
+            decoded: Image.Image | None = None) -> str:
+    """A copy of the picture `source` for Comet: `image_format`, at most `max_pixels` pixels (aspect kept).
+    `decoded`: the picture already in memory (a computed cell's), so the file need not be decoded again."""
+    if image_format == "png" and not max_pixels:
+        return str(source)
+    image = decoded
+    if image is None:
+        with Image.open(source) as opened:
+            image = opened.copy()
+    if max_pixels and image.width * image.height > max_pixels:
+        scale = (max_pixels / (image.width * image.height)) ** 0.5
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+    target = folder / f"{source.stem}.{'jpg' if image_format == 'jpeg' else image_format}"
+    if image_format == "jpeg" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    image.save(target, format=image_format.upper(), quality=90, method=0)  # method: WebP's fastest
+    return str(target)

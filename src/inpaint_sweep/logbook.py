@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import tracking
+from .images import preview
+from .identity import NOT_IDENTITY, flatten, task_container
 from .records import COMET_ARCHIVE, CellRecord, file_entry, write_record
 from .store import CellStore
 
@@ -29,10 +31,12 @@ def needs_work(record: CellRecord, online: bool) -> bool:
 
 
 class CometLog:
-    def __init__(self, tracking_cfg, store: CellStore) -> None:
+    def __init__(self, tracking_cfg, store: CellStore, axes: list[str] | None = None) -> None:
         self.store = store
         self.logger = tracking.CometLogger()
         self.online = tracking.is_online(tracking_cfg.offline)
+        self.git = tracking.git_remote_is_safe()  # asked here once, not in each of the logger's workers
+        self.axes = list(axes or ())  # the settings that vary in this sweep: what each experiment's name shows
         self._inputs_logged: dict[str, str] = {}  # case id -> the experiment that holds its photo and mask
 
     def start(self) -> None:
@@ -53,24 +57,32 @@ class CometLog:
         images = {f"output_seed-{e.seed}": preview(stored / Path(e.path).name, workdir, t.image_format,
                                                    t.image_max_pixels, pictures.get(Path(e.path).name))
                   for e in record.images}
-        params = comet_params(record)
+        others = {f"machine.{k}": v for k, v in flatten(record.machine).items()}
         # The case's photo and mask once per case and job, in the first experiment that needs them; the others name
         # that experiment (Comet cannot link assets across experiments, and a photo in every cell dominated storage).
         first = self._inputs_logged.setdefault(record.case, record.cell_id)
         if first == record.cell_id:
             images["input"] = preview(Path(record.input), workdir, t.image_format, t.image_max_pixels)
             images["mask"] = preview(Path(record.mask), workdir, "png", t.image_max_pixels)
-        params["inputs_logged_in"] = first
+        others["inputs_logged_in"] = first
+        config = workdir / "config.json"  # the whole resolved job config, as one asset
+        config.write_text(json.dumps(record.config, indent=1, sort_keys=True, default=str))
         return {
             "offline_dir": str(workdir),
             "online": self.online,
             "project": t.project,
             "workspace": t.workspace,
-            "name": record.cell_id,
-            "params": params,
+            "name": experiment_name(record, self.axes),
+            "params": comet_params(record),
             "metrics": comet_metrics(record),
-            "tags": ["kind:cell", f"sweep:{record.sweep_id}", f"case:{record.case}", f"model:{record.model}"],
+            "tags": ["kind:cell", f"sweep:{record.sweep_id}", f"case:{record.case}", f"model:{record.model}",
+                     f"cell:{record.cell_id}"],
             "images": images,
+            "assets": {"config.json": str(config)},
+            "others": others,
+            "experiment_key": record.comet_key or new_experiment_key(),
+            "git": self.git,
+            "git_patch": bool(t.git_patch),
         }
 
     def log(self, record: CellRecord, job: dict, then) -> Future:
@@ -97,6 +109,10 @@ class CometLog:
         cid = record.cell_id
         try:
             where = answer.result()
+            # The experiment's key: the last part of an online experiment's URL, else the one chosen here (which
+            # its archive keeps when uploaded).
+            record.comet_key = where.rstrip("/").rsplit("/", 1)[-1] if where.startswith("http") else (
+                job.get("experiment_key") or record.comet_key)
             if where.startswith("uploaded:"):
                 record.comet_uploaded = where.removeprefix("uploaded:")
             elif where.startswith("http"):
@@ -114,43 +130,69 @@ class CometLog:
         write_record(record, self.store.cell_dir(cid))
 
 
-def preview(source: Path, folder: Path, image_format: str, max_pixels: int | None,
-            decoded: Image.Image | None = None) -> str:
-    """A copy of the picture `source` for Comet: `image_format`, at most `max_pixels` pixels (aspect kept).
-    `decoded`: the picture already in memory (a computed cell's), so the file need not be decoded again."""
-    if image_format == "png" and not max_pixels:
-        return str(source)
-    image = decoded
-    if image is None:
-        with Image.open(source) as opened:
-            image = opened.copy()
-    if max_pixels and image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
-                             Image.Resampling.LANCZOS)
-    target = folder / f"{source.stem}.{'jpg' if image_format == 'jpeg' else image_format}"
-    if image_format == "jpeg" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    image.save(target, format=image_format.upper(), quality=90, method=0)  # method: WebP's fastest
-    return str(target)
+# Settings in a cell's identity that are not sent as parameters, each with why: the rest go, once each.
+NOT_PARAMS = {
+    "model.seed": "the tiny model's weights: model.revision says it (v<version>-seed<seed>)",
+    "model.source": "the loader: model.name (the preset) and model.id say which checkpoint",
+}
+# Identifiers a person filters and groups by, from the record (resolved: model.id is the checkpoint actually loaded).
+RECORD_PARAMS = {"case": "case", "model.name": "model", "model.id": "model_id", "model.revision": "model_revision",
+                 "mask.method": "mask_method", "cell_id": "cell_id", "sweep_id": "sweep_id",
+                 "code_version": "code_version"}
+SHORT_NAMES = {"negative_prompt": "neg"}  # in experiment names
 
 
 def comet_params(record: CellRecord) -> dict:
-    """The cell's Comet parameters: the config's own key names, plus what identifies the cell. Empty values read as
-    in the report's grids and tables: "" is "(none)", null is "(default)"."""
-    from .grids import fmt
-
-    params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else fmt(v) if v in ("", None) else v)
-              for k, v in record.config.items()}
-    params.update({k: getattr(record, k) for k in ("case", "prompt", "model_id", "model_revision", "mask_method",
-                                                   "cell_id", "code_version")})
-    return params
+    """The cell's Comet parameters: each setting that defines the cell once, with its own type (the resolved values
+    the cell id hashes: model.device is the device used, prompt the text used), and what identifies it. An unset
+    value (null, an empty list) is left out: a column is a number or a text in every experiment, never a placeholder.
+    The whole config goes along as the config.json asset."""
+    settings = (record.identity or {}).get("config")
+    if not settings:  # a record written before identities were stored: its config, minus what the id never hashed
+        settings = {k: v for k, v in record.config.items()
+                    if not any(k == n or k.startswith(n + ".") for n in NOT_IDENTITY)}
+        settings.update(prompt=record.prompt, negative_prompt=record.negative_prompt)
+    params = {k: v for k, v in settings.items() if k not in NOT_PARAMS}
+    if record.config.get("prompt_sr") is not None:  # this cell's value of the search/replace axis
+        params["prompt_sr"] = record.config["prompt_sr"]
+    params.update({key: getattr(record, name) for key, name in RECORD_PARAMS.items()})
+    return {k: v for k, v in sorted(params.items()) if v is not None and v != [] and v != {}}
 
 
 def comet_metrics(record: CellRecord) -> dict:
-    """The same metric names for every cell: a multi-seed cell logs the mean over its seeds."""
+    """The same metric names for every cell: a multi-seed cell logs the mean over its seeds. `generation_seconds` is
+    the cell's whole pipeline call (every seed of a batched call); `seconds` its share per image."""
     values: dict[str, list] = {}
     for entry in record.images:
         for name, value in entry.metrics.items():
             values.setdefault(name, []).append(value)
-    return {name: float(np.mean(v)) for name, v in values.items()}
+    metrics = {name: float(np.mean(v)) for name, v in values.items()}
+    if "seconds" in values:
+        metrics["generation_seconds"] = round(float(np.sum(values["seconds"])), 4)
+    return metrics
+
+
+def experiment_name(record: CellRecord, axes: list[str]) -> str:
+    """`bus_person · guidance=7.5 · strength=0.75 · steps=8 · neg=cartoon`: the case and this cell's values of the
+    settings that vary in its sweep (SWEEP_AXES' own when none vary). The cell id is its tag and parameter."""
+    from .config import SWEEP_AXES
+    from .grids import fmt
+
+    values = {**record.config, "prompt": record.prompt, "negative_prompt": record.negative_prompt}
+    shown = [a for a in axes if a in values] or [a for a in SWEEP_AXES if a in values and a != "seed"]
+    return " · ".join([record.case, *(f"{SHORT_NAMES.get(a, a)}={fmt(values[a])}" for a in shown)])
+
+
+def varying_keys(configs: list) -> list[str]:
+    """The config keys whose values differ between a sweep's combinations, in config order (flat dotted keys)."""
+    seen: dict[str, set] = {}
+    for cfg in configs:
+        for key, value in flatten(task_container(cfg)).items():
+            seen.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
+    return [k for k, values in seen.items() if len(values) > 1 and k != "batch"]
+
+
+def new_experiment_key() -> str:
+    """A Comet experiment key chosen here (32 hex digits, the form comet_ml's own keys take), so the offline archive,
+    the uploaded experiment and the record all name the same experiment (comet_ml would give an upload a new key)."""
+    return uuid.uuid4().hex

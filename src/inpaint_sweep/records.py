@@ -109,9 +109,11 @@ class CellRecord:
     scheduler_class: str | None = None
     device: str | None = None
     dtype: str | None = None
+    machine: dict[str, Any] = field(default_factory=dict)  # where it was computed (machine.py); empty in older records
     prompt_truncated: bool | None = None
     negative_prompt_truncated: bool | None = None
-    comet_uploaded: str | None = None  # the experiment key, once an offline log was uploaded
+    comet_uploaded: str | None = None  # when an offline log was uploaded (UTC)
+    comet_key: str | None = None  # its Comet experiment's key: the same offline, once uploaded, and online
     traceback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
 

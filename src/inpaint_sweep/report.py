@@ -27,6 +27,7 @@ from .config import SWEEP_AXES, ConfigError
 from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
 from .images import write_json
 from . import ratings, records
+from .machine import describe
 from .records import RECORD_SETTINGS, CellRecord
 
 # Per-image metrics, and which way is better ("one": closest to 1). Generate measures the first five; the report
@@ -51,7 +52,8 @@ PLOT_METRICS = ("drift_psnr", "change_inside_mae", "seam", "edge_delta_e", "text
                 "peak_memory_mb")
 # Provenance copied from the record to each image's row (for the table, details and runs.csv).
 PROVENANCE = ("error", "model_id", "model_revision", "device", "dtype", "scheduler_class", "working_size",
-              "mask_method", "code_version", "sweep_id", "input", "mask", "soft_mask", "comet", "finished_at")
+              "mask_method", "code_version", "sweep_id", "input", "mask", "soft_mask", "comet", "finished_at",
+              "machine")
 AXIS_ORDER = tuple(a for a in SWEEP_AXES if a != "seed")  # then any other varied key, by name; seed last
 AUTO_GRID = ("guidance", "strength")  # report.rows / report.cols when null: these if they varied, else the first axes
 # (params.yaml's comments on report.rows and report.cols say so; tests/test_report.py checks they agree)
@@ -90,6 +92,7 @@ def load_records(cells_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         base = {"cell_id": record.cell_id, "status": record.status, "case": record.case,
                 **settings, **{k: getattr(record, k) for k in PROVENANCE}}
         base["working_size"] = "x".join(map(str, record.working_size or []))
+        base["machine"] = describe(record.machine) or None  # where it ran (machine.py); unknown in older records
         for entry in record.images:
             ok = record.ok and entry.path and Path(entry.path).is_file()
             rows.append({**base, "seed": entry.seed, "image": entry.path, "status": "ok" if ok else "failed",
@@ -691,29 +694,3 @@ def add_clip_scores(df: pd.DataFrame, clip) -> pd.DataFrame:
     df["clip_score"] = np.nan
     df.loc[ok.index, "clip_score"] = [round(s, 4) for s in scores]
     return df
-
-
-def log_report_to_comet(
-    out_dir: str | Path, report: dict, rows: str, cols: str, online: bool, project: str, workspace: str | None
-) -> str:
-    """Log grids and tables to one Comet experiment tagged with the sweep id(s). Returns its archive path or URL."""
-    from . import tracking
-
-    out_dir = Path(out_dir)
-    sweeps = report["sweep_ids"]
-    params = {"report_rows": rows, "report_cols": cols, "sweep_ids": ",".join(sweeps),
-              "cells": report["cells"], "images": report["images"], "axes": ",".join(report["axes"])}
-    metrics = {"ok": report["ok"], "failed": report["failed"], **{f"mean_{k}": v for k, v in report["mean"].items()}}
-    images = {g["path"].stem: str(g["path"]) for g in report["grid_files"]}
-    assets = {name: str(out_dir / name) for name in ("runs.csv", "by_axis.csv", "best.json", "metrics.json",
-                                                     "ranking.csv")}
-    assets.update({f"people-{p.name}": str(p) for p in sorted((out_dir / "plots" / "people").glob("*.svg"))})
-    human = report["human"]
-    metrics.update({"human_answers": human["answers"], "human_raters": human["raters"],
-                    **({"human_agreement_alpha": human["agreement_alpha"]} if human["agreement_alpha"] is not None
-                       else {})})
-    # Not `sweep:<id>`: filtering a sweep's cells by that tag must not include its report.
-    tags = ["kind:report", *(f"report-of:{s}" for s in sweeps)]
-    name = "report-" + ("+".join(sweeps) or "empty")
-    return tracking.log_cell(out_dir / "comet", online, project, workspace, name, params, metrics, tags, images,
-                             assets=assets)

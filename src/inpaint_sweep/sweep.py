@@ -26,7 +26,7 @@ from .cli import one_line_errors
 from .config import load_settings
 from .grid import Composer, batches, combinations, parse, set_values
 from .identity import Digests
-from .logbook import needs_work
+from .logbook import needs_work, varying_keys
 from .records import read_record
 from .store import CellStore, ViewLock, prune, show
 from .validate import check_inputs, check_launcher
@@ -208,7 +208,7 @@ def run_multirun(config: DictConfig, lines: list[str], zipped, config_loader, la
         overrides = []
         for n, (own, varying) in enumerate(jobs_for(todo)):
             path = folder / f"{os.getpid()}-{n}.json"
-            path.write_text(json.dumps({"sweep_id": sid, "combinations": varying}, indent=1))
+            path.write_text(json.dumps({"sweep_id": sid, "axes": axes, "combinations": varying}, indent=1))
             overrides.append([*own, f"batch='{path}'"])
         try:
             launch_jobs(overrides)
@@ -217,6 +217,7 @@ def run_multirun(config: DictConfig, lines: list[str], zipped, config_loader, la
                 path.unlink(missing_ok=True)
 
     sid = os.environ.setdefault("INPAINT_SWEEP_ID", sweep_id())
+    axes = varying_keys(configs)  # what each Comet experiment's name shows
     return one_line_errors(run_grid)(config, configs, launch, lambda todo: len(jobs_for(todo)))
 
 
@@ -228,7 +229,7 @@ def run_batch(cfg: DictConfig) -> dict:
     base.batch = None
     configs = [set_values(base.copy(), varying) for varying in spec["combinations"]]
     store = CellStore(shared_path(cfg.paths.cell_store))
-    with CellMaker(store, Path(cfg.paths.generate), spec["sweep_id"], cfg.tracking) as maker:
+    with CellMaker(store, Path(cfg.paths.generate), spec["sweep_id"], cfg.tracking, spec.get("axes")) as maker:
         maker.make(configs)
     return maker.tally.counts
 
@@ -245,7 +246,7 @@ def run_in_process(configs: list[DictConfig]) -> Summary:
     def launch(todo: list[int]) -> None:
         cfg = configs[0]
         store = CellStore(shared_path(cfg.paths.cell_store))
-        with CellMaker(store, Path(cfg.paths.generate), sweep_id(), cfg.tracking) as maker:
+        with CellMaker(store, Path(cfg.paths.generate), sweep_id(), cfg.tracking, varying_keys(configs)) as maker:
             maker.make([configs[i] for i in todo])
 
     return one_line_errors(run_grid)(configs[0], configs, launch)

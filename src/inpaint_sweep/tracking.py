@@ -116,26 +116,40 @@ def log_cell(
     tags: list[str],
     images: dict[str, str],
     assets: dict[str, str] | None = None,
+    others: dict | None = None,
+    experiment_key: str | None = None,
+    git: bool = False,
+    git_patch: bool = False,
+    html: str | None = None,
 ) -> str:
-    """Create one experiment, log params, metrics, tags and image files, end it. Returns the archive path or URL.
+    """Create one experiment, log params, metrics, tags, other values, image files, assets and an HTML page, end it.
+    Returns the archive path or URL. `experiment_key`: the key of an offline experiment, kept when its archive is
+    uploaded (None: comet_ml picks one); an online experiment gets the server's key, the last part of its URL.
+    `git`: send the git commit and branch (the caller asks git_remote_is_safe() once), `git_patch`: and the patch.
 
     comet_ml keeps one experiment alive per process (starting one ends the one before), so a process logs its
     experiments one after another; the logger process below runs several such processes.
     """
-    experiment = start_experiment(online, offline_dir, project, workspace, name, tags)
+    options = dict(project=project, workspace=workspace, name=name, tags=tags, git=git, git_patch=git_patch)
+    # Online, a key chosen here would cost a request asking the server whether it is taken.
+    experiment = start_experiment(online, offline_dir, experiment_key=None if online else experiment_key, **options)
     # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
     # not start (the server stopped answering since the check); test_faults.py pins it.
     if online and not experiment.alive:
         log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
         experiment.end()
         online = False
-        experiment = start_experiment(False, offline_dir, project, workspace, name, tags)
+        experiment = start_experiment(False, offline_dir, experiment_key=experiment_key, **options)
     experiment.log_parameters(params)
     experiment.log_metrics(metrics)
+    if others:
+        experiment.log_others(others)
     for image_name, path in images.items():
         experiment.log_image(path, name=image_name)
     for file_name, path in (assets or {}).items():  # tables and other files, under their own names
         experiment.log_asset(path, file_name=file_name)
+    if html:
+        experiment.log_html(html)
     key = experiment.get_key()
     experiment.end()
     if online:
@@ -147,8 +161,10 @@ def log_cell(
 
 
 def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
-                     tags: list[str]):
-    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given."""
+                     tags: list[str], experiment_key: str | None = None, git: bool = False, git_patch: bool = False):
+    """A new Comet experiment (`comet_ml.start`, mode "create") that logs only what it is given, plus, with `git`, the
+    git commit and branch (comet_ml's git logging, from this process's working directory) and, with `git_patch` too,
+    the uncommitted changes."""
     import comet_ml
 
     if not online:
@@ -158,11 +174,13 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
         tags=tags,
         offline_directory=None if online else str(offline_dir),
         display_summary_level=0,
-        log_code=False,
+        log_code=git and git_patch,  # comet_ml sends no patch without it (and no code file from a logger process)
         log_graph=False,
         parse_args=False,
-        log_git_metadata=False,
-        log_git_patch=False,
+        log_git_metadata=git,
+        log_git_patch=git and git_patch,
+        # Not comet_ml's environment logging: it probes cloud metadata servers over the network, lists every OS
+        # package and samples the system in threads. Where the cell ran is its record's `machine`, sent as others.
         log_env_details=False,
         log_env_gpu=False,
         log_env_host=False,
@@ -175,7 +193,26 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
         auto_log_co2=False,
     )
     return comet_ml.start(project_name=project, workspace=workspace, mode="create", online=online,
-                          experiment_config=config)
+                          experiment_key=experiment_key, experiment_config=config)
+
+
+@functools.lru_cache(maxsize=1)
+def git_remote_is_safe() -> bool:
+    """Whether comet_ml's git logging may run here: it sends the `origin` remote's URL as it is, and a URL such as
+    https://user:token@host/repo (or https://token@host/repo) carries a credential. Such a remote: one warning, and
+    no git metadata is sent. Asked once per process, by whoever logs (the logger's workers are told)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = subprocess.run(["git", "config", "--get", "remote.origin.url"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return True  # no git here: comet_ml finds no repository and sends nothing
+    parts = urlsplit(url)
+    if parts.password is not None or (parts.scheme in ("http", "https") and parts.username):
+        log.warning("the git remote 'origin' URL holds a credential; git metadata is not sent to Comet")
+        return False
+    return True
 
 
 # The logger: a child process (`python -c "...serve()"`) fed one JSON line per experiment on its stdin, and
