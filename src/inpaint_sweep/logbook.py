@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from . import tracking
+from .cli import DISK_FULL
 from .records import COMET_ARCHIVE, CellRecord, file_entry, write_record
 from .store import CellStore
 
@@ -81,6 +82,11 @@ class CometLog:
         def logged(answer: Future) -> None:
             try:
                 self._note(record, job, answer)
+            except OSError as e:
+                if e.errno in DISK_FULL:  # the sweep stops on it (cells.CellMaker), saying it once
+                    done.set_exception(e)
+                    return
+                log.warning("cell %s: its Comet log could not be stored: %s", record.cell_id, e)
             except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
                 log.warning("cell %s: its Comet log could not be stored: %s", record.cell_id, e)
             try:
@@ -105,7 +111,11 @@ class CometLog:
                 self.store.add_file(cid, Path(where), COMET_ARCHIVE)
                 record.files[COMET_ARCHIVE] = file_entry(self.store.cell_dir(cid) / COMET_ARCHIVE)
                 record.comet = COMET_ARCHIVE
+        except tracking.LoggerEnded:  # said once, by the logger's end; the record says "not logged", so the next
+            return                      # run logs it
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                raise
             log.warning("cell %s: Comet logging failed: %s", cid, e)
             return
         finally:

@@ -10,6 +10,7 @@ test pins each.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -137,13 +138,46 @@ def log_cell(
     for file_name, path in (assets or {}).items():  # tables and other files, under their own names
         experiment.log_asset(path, file_name=file_name)
     key = experiment.get_key()
-    experiment.end()
+    with _errors_of("comet_ml") as errors:  # comet_ml logs (with a traceback) what goes wrong as it ends, and returns
+        experiment.end()
     if online:
         return experiment.url
     archive = Path(offline_dir) / f"{key}.zip"  # the name comet_ml gives it (and prints in its upload hint)
-    if not archive.is_file():
+    if not archive.is_file() or not _sound_zip(archive):  # e.g. cut short by a full disk: never stored
+        if errors:
+            raise errors[0]
         raise RuntimeError(f"comet_ml wrote no offline archive {archive}")
     return str(archive)
+
+
+def _sound_zip(path: Path) -> bool:
+    """Whether a zip archive is whole: it opens and every member's CRC checks."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _errors_of(logger_name: str):
+    """The exceptions a library logs during a block, kept instead of printed: the caller says what went wrong."""
+    logger = logging.getLogger(logger_name)
+    caught: list[BaseException] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.exc_info[1] is not None:
+                caught.append(record.exc_info[1])
+
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [Keep()], False
+    try:
+        yield caught
+    finally:
+        logger.handlers, logger.propagate = saved
 
 
 def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
@@ -189,6 +223,18 @@ def start_experiment(online: bool, offline_dir: str | Path, project: str, worksp
 LOGGER_MAIN = "import sys; from inpaint_sweep.tracking import serve; sys.exit(serve())"
 
 
+class LoggerEnded(RuntimeError):
+    """An experiment the logger process can no longer log: it has ended (said once, when it ended)."""
+
+
+def _end_group(pgid: int) -> None:
+    """Kill what is left of the logger's process group (nothing, when it ended normally)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class CometLogger:
     """The parent's end of the logger process; owned by the sweep runner. `submit` returns a Future of where the
     experiment went (an archive path or a URL)."""
@@ -207,8 +253,11 @@ class CometLogger:
         with self._lock:
             if self._process is None:
                 # `-c`, not `-m inpaint_sweep.tracking`: a worker process would import a `-m` module a second time.
+                # A process group of its own (its forkserver and workers join it), so that when the process dies
+                # (the OOM killer, a crash in comet_ml) the helpers it leaves behind can be ended with it: orphaned,
+                # they would wait forever and hold the stage's stderr open, and whatever reads it would wait too.
                 self._process = subprocess.Popen([sys.executable, "-c", LOGGER_MAIN], stdin=subprocess.PIPE,
-                                                 stdout=subprocess.PIPE, text=True)
+                                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
                 self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True,
                                                 name="comet-answers")
                 self._reader.start()
@@ -219,7 +268,7 @@ class CometLogger:
         future: Future = Future()
         with self._lock:
             if self._ended:
-                future.set_exception(RuntimeError("the Comet logger process has ended"))
+                future.set_exception(LoggerEnded("the Comet logger process has ended"))
                 return future
             self._next += 1
             self._pending[self._next] = future
@@ -228,7 +277,7 @@ class CometLogger:
                 self._process.stdin.flush()
             except OSError as e:  # the process is gone (its reader fails what it had not answered)
                 self._pending.pop(self._next)
-                future.set_exception(RuntimeError(f"the Comet logger process has ended ({e})"))
+                future.set_exception(LoggerEnded(f"the Comet logger process has ended ({e})"))
         return future
 
     def _read(self, process) -> None:
@@ -236,14 +285,22 @@ class CometLogger:
             answer = json.loads(line)
             with self._lock:
                 future = self._pending.pop(answer["id"])
-            if answer.get("error"):
+            if answer.get("errno"):
+                future.set_exception(OSError(answer["errno"], answer["error"], answer["filename"]))
+            elif answer.get("error"):
                 future.set_exception(RuntimeError(answer["error"]))
             else:
                 future.set_result(answer["where"])
         with self._lock:  # the process ended: whatever it did not answer failed, and so will what comes next
             pending, self._pending, self._ended = self._pending, {}, True
+        code = process.wait()
+        if code != 0 or pending:  # it died (a normal end answers everything and ends its helpers itself)
+            _end_group(process.pid)  # its forkserver and workers
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            log.warning("the Comet logger process ended (%s) with %d experiment(s) unlogged: their cells are kept, "
+                        "and the next run of the same command logs every cell not logged yet", how, len(pending))
         for future in pending.values():
-            future.set_exception(RuntimeError("the Comet logger process ended before logging this experiment"))
+            future.set_exception(LoggerEnded("the Comet logger process ended before logging this experiment"))
 
     def close(self) -> None:
         """Wait until every experiment sent is answered, then let the process end."""
@@ -283,7 +340,21 @@ def answer(job: dict) -> dict:
             return {"where": f"uploaded:{upload_archive(job['upload'])}"}
         return {"where": log_cell(**job)}
     except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
+        if isinstance(e, OSError) and e.errno is not None:  # a full disk stops the sweep: its parent must tell
+            return {"error": str(e.strerror or e), "errno": e.errno, "filename": e.filename or job.get("offline_dir")}
         return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _worker_start() -> None:
+    """A logger worker: Ctrl-C is the stage's to handle; an object's failed clean-up on a full disk (a half-written
+    zip file) is not printed, since the error it follows is answered."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def unraisable(info) -> None:
+        if not (isinstance(info.exc_value, OSError) and info.exc_value.errno in (errno.ENOSPC, errno.EDQUOT)):
+            sys.__unraisablehook__(info)
+
+    sys.unraisablehook = unraisable
 
 
 def serve(workers: int = WORKERS) -> int:
@@ -307,8 +378,7 @@ def serve(workers: int = WORKERS) -> int:
     # experiments overlap their waits. They ignore Ctrl-C, like this process.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["comet_ml", "inpaint_sweep.tracking"])
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=signal.signal,
-                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
         pool.submit(os.getpid)  # start the server and a worker now, not when the first experiment comes
         for line in sys.stdin:
             if not line.strip():
