@@ -123,6 +123,21 @@ def log_cell(
     comet_ml keeps one experiment alive per process (starting one ends the one before), so a process logs its
     experiments one after another; the logger process below runs several such processes.
     """
+    # comet_ml logs (with a traceback) what goes wrong as it starts or ends an experiment, and goes on: those errors
+    # are kept, not printed, and the first one is raised if no sound archive comes of it (a full disk).
+    with _errors_of("comet_ml") as errors:
+        where = _log_experiment(online, offline_dir, project, workspace, name, params, metrics, tags, images, assets)
+    if where.startswith("http"):
+        return where
+    archive = Path(where)
+    if not archive.is_file() or not _sound_zip(archive):  # e.g. cut short by a full disk: never stored
+        if errors:
+            raise errors[0]
+        raise RuntimeError(f"comet_ml wrote no offline archive {archive}")
+    return str(archive)
+
+
+def _log_experiment(online, offline_dir, project, workspace, name, params, metrics, tags, images, assets) -> str:
     experiment = start_experiment(online, offline_dir, project, workspace, name, tags)
     # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
     # not start (the server stopped answering since the check); test_faults.py pins it.
@@ -138,16 +153,10 @@ def log_cell(
     for file_name, path in (assets or {}).items():  # tables and other files, under their own names
         experiment.log_asset(path, file_name=file_name)
     key = experiment.get_key()
-    with _errors_of("comet_ml") as errors:  # comet_ml logs (with a traceback) what goes wrong as it ends, and returns
-        experiment.end()
+    experiment.end()
     if online:
         return experiment.url
-    archive = Path(offline_dir) / f"{key}.zip"  # the name comet_ml gives it (and prints in its upload hint)
-    if not archive.is_file() or not _sound_zip(archive):  # e.g. cut short by a full disk: never stored
-        if errors:
-            raise errors[0]
-        raise RuntimeError(f"comet_ml wrote no offline archive {archive}")
-    return str(archive)
+    return str(Path(offline_dir) / f"{key}.zip")  # the name comet_ml gives it (and prints in its upload hint)
 
 
 def _sound_zip(path: Path) -> bool:
@@ -164,20 +173,23 @@ def _sound_zip(path: Path) -> bool:
 @contextlib.contextmanager
 def _errors_of(logger_name: str):
     """The exceptions a library logs during a block, kept instead of printed: the caller says what went wrong."""
-    logger = logging.getLogger(logger_name)
     caught: list[BaseException] = []
 
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.exc_info and record.exc_info[1] is not None:
-                caught.append(record.exc_info[1])
+    def keep(record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] == logger_name and record.exc_info and record.exc_info[1] is not None:
+            caught.append(record.exc_info[1])
+            return False
+        return True
 
-    saved = logger.handlers[:], logger.propagate
-    logger.handlers, logger.propagate = [Keep()], False
+    # Filters on the handlers its records reach (a logger's own filter would not see its child loggers' records).
+    handlers = logging.getLogger(logger_name).handlers + logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(keep)
     try:
         yield caught
     finally:
-        logger.handlers, logger.propagate = saved
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
