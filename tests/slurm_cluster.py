@@ -17,7 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
-DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sinfo")
+DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sinfo",
+           "squeue", "scancel")
 PARTITION = "debug"
 
 
@@ -77,7 +78,15 @@ class Cluster:
         self.stop()
 
     def stop(self) -> None:
-        """Stop every daemon this cluster started, by its pid (newest first), and any job step left running."""
+        """Cancel the cluster's jobs and let their steps end, then stop every daemon it started, by its pid (newest
+        first); then end, by pid, any process of it left behind (a job step's slurmstepd, a job's process): those
+        carry this cluster's SLURM_CONF in their environment."""
+        if any(p.poll() is None for p in self.procs) and (self.root / "etc" / "slurm.conf").exists():
+            subprocess.run([_which("scancel"), "--full", f"--partition={PARTITION}"], env=self.env,
+                           capture_output=True, timeout=30)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self._queue():
+                time.sleep(0.2)
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -87,6 +96,28 @@ class Cluster:
                     proc.kill()
                     proc.wait()
         self.procs.clear()
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _queue(self) -> str:
+        done = subprocess.run([_which("squeue"), "-h", "-o", "%i"], env=self.env, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    def leftovers(self) -> list[int]:
+        """Processes whose environment holds this cluster's SLURM_CONF (its daemons are stopped by then)."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if mark in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
 
     def _daemon(self, cmd: list[str], name: str) -> subprocess.Popen:
         log = open(self.root / "log" / f"{name}.out", "ab")
@@ -197,7 +228,7 @@ AccountingStorageHost=localhost
 AccountingStoragePort={self.dbd_port}
 AccountingStoragePass={self.munge_socket}
 ReturnToService=2
-KillWait=5
+KillWait=2
 MinJobAge=300
 FirstJobId={int(time.time()) % 1_000_000 * 100 + 1}
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN

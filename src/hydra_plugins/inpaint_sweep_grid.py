@@ -83,7 +83,12 @@ class GridSweeper(Sweeper):
         from inpaint_sweep.errors import DiskFull
 
         self.validate_batch_is_legal(jobs)
-        results = self.launcher.launch(jobs, initial_job_idx=0)
+        try:
+            results = self.launcher.launch(jobs, initial_job_idx=0)
+        except Exception as e:  # noqa: BLE001 - e.g. a Slurm job cancelled or out of time: the summary says the rest
+            said = str(e).strip().splitlines()
+            log.error("Hydra jobs did not all finish: %s%s", type(e).__name__, f": {said[0]}" if said else "")
+            return []
         full = None
         for index, result in enumerate(results):
             try:
