@@ -53,6 +53,7 @@ bench: data
 	$(PY) bench/help_speed.py
 	$(PY) bench/report_scale.py
 	$(PY) bench/gpu_throughput.py --arch tiny --size 64 --steps 2   # CPU smoke run; on a GPU: no flags
+	$(PY) bench/unattended.py   # Slurm figures need root and the packages `make test` installs
 
 clean:
 	rm -rf results .cache

@@ -26,10 +26,11 @@ from slurm_cluster import PARTITION, Cluster, missing  # noqa: E402  (the tests'
 GRID = ["hydra.sweeper.params.strength=1.0", "hydra.sweeper.params.steps=2", "hydra.sweeper.params.negative_prompt=''"]
 
 
-def stage(tmp: Path, *args: str, env: dict) -> list[str]:
-    return ["python", "stages/generate.py", "-m", *args, *GRID, "model.size=64", f"paths.prepare={tmp}/prepare",
+def stage(tmp: Path, *args: str) -> list[str]:
+    """generate's command line, its sweep in `tmp`, the prepared case and the model cache in tmp's parent."""
+    return ["python", "stages/generate.py", "-m", *args, *GRID, "model.size=64", f"paths.prepare={tmp.parent}/prepare",
             f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra",
-            f"model.cache_dir={tmp}/models"]
+            f"model.cache_dir={tmp.parent}/models"]
 
 
 def run(cmd: list[str], env: dict) -> float:
@@ -80,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="unattended-") as tmp:
         tmp = Path(tmp)
         run(["python", "stages/prepare.py", f"paths.prepare={tmp}/prepare"], env)
-        run(stage(tmp, "guidance=5", "tracking.comet=false", "paths.generate=" + str(tmp / "warm")), env)  # model
+        run(stage(tmp / "warm", "guidance=5", "tracking.comet=false"), env)  # the tiny model, built once
 
         killed = []
         for n in range(args.repeat):

@@ -303,7 +303,7 @@ def report_settings(**overrides) -> dict:
 # -- a real Slurm cluster (tests/slurm_cluster.py) ------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster():
     """A single-node Slurm cluster on this machine for the session (munged, MariaDB, slurmdbd, slurmctld, slurmd),
     its clients found through SLURM_CONF in `cluster.env`; every daemon stopped by its pid afterwards. Skips, saying
     why, when not root or the packages are missing."""
