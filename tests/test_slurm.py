@@ -90,8 +90,8 @@ def test_a_grid_runs_as_one_array_job_on_the_cluster(tmp_path, prepared, model_c
 
 
 def slow_grid_in_one_job(cluster) -> list[str]:
-    """8 cells in one job (array_parallelism=1), each slow enough (a second or more) that a job cancelled after its first
-    cell dies before its last: Slurm's SIGTERM is ignored by submitit, its SIGKILL comes KillWait (2 s) later."""
+    """8 cells in one job (array_parallelism=1), each slow enough (a second or more) that a job cancelled after its
+    first cell dies before its last: submitit ignores Slurm's SIGTERM, and its SIGKILL comes KillWait (2 s) later."""
     return [*slurm_args(cluster, "hydra.launcher.array_parallelism=1"), "guidance=1,2,3,4,5,6,7,8",
             *FIXED_GRID[:-2], "hydra.sweeper.params.steps=100", "hydra.sweeper.params.negative_prompt=''",
             "tracking.comet=false"]

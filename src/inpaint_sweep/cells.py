@@ -15,6 +15,7 @@ A value's path, e.g. `guidance`: the command line -> the combination's config ->
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import logging
@@ -23,7 +24,6 @@ import shutil
 import threading
 import time
 import traceback
-import concurrent.futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -342,7 +342,8 @@ class CellMaker:
                 self._full(e, self.store.root, "cell store")
             self._fail(record, e)
             return
-        self.finisher.submit(record.cell_id, self._finish, record, seeds, raws, metrics, nsfw, box, (image, mask, soft), cfg.tracking)
+        self.finisher.submit(record.cell_id, self._finish, record, seeds, raws, metrics, nsfw, box, (image, mask, soft),
+                             cfg.tracking)
 
     def _finish(self, record, seeds, raws, metrics, nsfw, box, inputs, tracking_cfg) -> None:
         """Composite and write a computed cell into the store (off the generation path), then show and log it."""

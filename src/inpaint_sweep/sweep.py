@@ -167,7 +167,7 @@ def run_grid(cfg: DictConfig, configs: list[DictConfig], launch, jobs_of=None) -
             raise
         except DiskFull as e:  # a job stopped at its first write that found no space
             full = e
-        except OSError as e:  # this process's own writes (the view of stored cells)
+        except OSError as e:  # this process's own writes before its jobs (their batch files)
             if e.errno not in DISK_FULL:
                 raise
             full = DiskFull(str(sweep.view), "view")
