@@ -41,6 +41,12 @@ exps: install
 # The HTML report's browser test needs Debian's chromium; install it (we run as root in CI) only when missing.
 test: data
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)  # + playwright (pip, pinned) drives it
+# The Slurm tests start a single-node cluster from Debian's packages (tests/slurm_cluster.py); without them (or root)
+# they skip, saying why.
+	test -x /usr/sbin/slurmctld -a -x /usr/sbin/slurmd -a -x /usr/sbin/slurmdbd -a -x /usr/sbin/munged \
+	  -a -x /usr/sbin/mariadbd -a -x /usr/bin/sbatch || (apt-get update && apt-get install -y \
+	  --no-install-recommends slurmctld slurmd slurm-client slurmdbd munge mariadb-server) \
+	  || echo "make test: the Slurm packages could not be installed; the Slurm tests will skip"
 	$(PY) -m pytest
 
 # Benchmarks (not part of the tests): each prints one measured ratio; BENCHMARKS.md records the figures.
@@ -52,6 +58,7 @@ bench: data
 	$(PY) bench/report_scale.py
 	$(PY) bench/review_scale.py
 	$(PY) bench/gpu_throughput.py --arch tiny --size 64 --steps 2   # CPU smoke run; on a GPU: no flags
+	$(PY) bench/unattended.py   # Slurm figures need root and the packages `make test` installs
 
 clean:
 	rm -rf results .cache

@@ -299,3 +299,24 @@ def report_settings(**overrides) -> dict:
     r = load_config().report
     return {"rows": r.rows, "cols": r.cols, "cell_size": r.cell_size, "max_megapixels": r.max_megapixels,
             "clip": None, "ratings_dir": None, **overrides}
+
+
+# -- a real Slurm cluster (tests/slurm_cluster.py) ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A single-node Slurm cluster on this machine for the session (munged, MariaDB, slurmdbd, slurmctld, slurmd),
+    its clients found through SLURM_CONF in `cluster.env`; every daemon stopped by its pid afterwards. Skips, saying
+    why, when not root or the packages are missing."""
+    import tempfile
+
+    from slurm_cluster import Cluster, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    root = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))  # short: a unix socket's path must fit in 108 bytes
+    with Cluster(root) as cluster:
+        print(f"\nSlurm test cluster up in {cluster.bring_up_seconds:.1f} s ({root})")
+        yield cluster
+    shutil.rmtree(root, ignore_errors=True)

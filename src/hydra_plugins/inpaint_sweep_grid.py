@@ -80,13 +80,25 @@ class GridSweeper(Sweeper):
     def _launch_planned(self, jobs: List[List[str]]) -> List[Any]:
         """Launch generate's jobs; a job that failed as a whole (not one of its cells) is reported in one line, and
         its cells count as failed in the summary."""
+        from inpaint_sweep.errors import DiskFull
+
         self.validate_batch_is_legal(jobs)
-        results = self.launcher.launch(jobs, initial_job_idx=0)
+        try:
+            results = self.launcher.launch(jobs, initial_job_idx=0)
+        except Exception as e:  # noqa: BLE001 - e.g. a Slurm job cancelled or out of time: the summary says the rest
+            said = str(e).strip().splitlines()
+            log.error("Hydra jobs did not all finish: %s%s", type(e).__name__, f": {said[0]}" if said else "")
+            return []
+        full = None
         for index, result in enumerate(results):
             try:
-                _ = result.return_value
+                value = result.return_value
+                if isinstance(value, dict) and isinstance(value.get("disk_full"), DiskFull):
+                    full = full or value["disk_full"]  # said once, with what was kept, by sweep.run_grid
             except Exception as e:  # noqa: BLE001 - reported; the sweep's summary counts its cells
                 log.error("Hydra job #%d failed: %s: %s", index, type(e).__name__, e)
+        if full is not None:
+            raise full
         return results
 
 

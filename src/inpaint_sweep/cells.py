@@ -15,6 +15,7 @@ A value's path, e.g. `guidance`: the command line -> the combination's config ->
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import logging
@@ -32,7 +33,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from .cases import Prompts, prompt_variants
+from .cli import DISK_FULL
 from .config import SWEEP_AXES, load_settings
+from .errors import DiskFull
 from .identity import FINGERPRINT_KEYS, Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint
 from .identity import task_container
 from .images import load_photo, save_image, to_mask_image
@@ -120,22 +123,27 @@ class Tally:
 class Finisher:
     """Threads that finish computed cells (composite, write, publish, log) beside the next cell's denoising: one per
     two CPU cores (at most 4), with at most twice as many cells waiting, so a fast GPU cannot pile up images in
-    memory faster than they are written."""
+    memory faster than they are written. Work that raises is handed to `on_error(cell id, error)` as it ends: it
+    never stops the wait for the rest, nor is it lost in a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_error) -> None:
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="finish-cell")
         self._waiting = threading.BoundedSemaphore(2 * workers)
         self._futures: list[Future] = []
         self._lock = threading.Lock()
+        self._on_error = on_error
 
-    def submit(self, fn, *args) -> None:
+    def submit(self, cid: str, fn, *args) -> None:
+        """Run `fn(*args)`, the work of finishing cell `cid`, on a finisher thread."""
         self._waiting.acquire()  # blocks while the finishers are behind
         future = self._pool.submit(fn, *args)
         future.add_done_callback(lambda _: self._waiting.release())
-        self.track(future)
+        self.track(cid, future)
 
-    def track(self, future: Future) -> None:
+    def track(self, cid: str, future: Future) -> None:
+        """Wait for `future` (more work of cell `cid`, e.g. its Comet log) too."""
+        future.add_done_callback(lambda done: done.exception() and self._on_error(cid, done.exception()))
         with self._lock:
             self._futures.append(future)
 
@@ -146,8 +154,7 @@ class Finisher:
                 futures, self._futures = self._futures, []
             if not futures:
                 return
-            for future in futures:
-                future.result()
+            concurrent.futures.wait(futures)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -260,20 +267,28 @@ class CellMaker:
         self.identities = Identities(self.digests)
         self.inputs = CaseInputs(self.digests)
         self.model = ModelSlot(store.root)
-        self.finisher = Finisher()
+        self.finisher = Finisher(self._finish_failed)
         self.tally = Tally()
         self.comet = CometLog(tracking_cfg, store, axes) if tracking_cfg.comet else None
         self._warned: set[tuple] = set()
+        self.disk_full: DiskFull | None = None  # set by the first write that found no space: no further cell starts
 
     def __enter__(self) -> "CellMaker":
         if self.comet:
             self.comet.start()  # imports comet_ml while this process imports torch
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         try:
             self.finisher.wait()
-            self.digests.save()
+            try:
+                self.digests.save()
+            except OSError as e:
+                if e.errno not in DISK_FULL:
+                    raise
+                self._full(e, self.store.root, "cell store")
+            if self.disk_full is not None and exc_type is None:
+                raise self.disk_full  # the launching process says what was kept (sweep.run_grid)
         finally:
             self.finisher.close()
             if self.comet:
@@ -289,9 +304,17 @@ class CellMaker:
             _, revision = self.identities.fingerprint(cfg.model)
             settings = _settings(cfg)
             for cell in cells:
+                if self.disk_full is not None:
+                    return  # every later write would fail too; the cells made so far are kept
                 record = self.store.get(cell.id)
                 if record is not None:
-                    self._reuse(record, cfg)
+                    try:
+                        self._reuse(record, cfg)
+                    except OSError as e:
+                        if e.errno not in DISK_FULL:
+                            raise
+                        self._full(e, self.view, "view")
+                        self.tally.add("failed", cell.id)
                 else:
                     self._compute(_new_record(cell, cfg, settings, revision, self.sweep_id), cell.case, cfg)
 
@@ -302,7 +325,7 @@ class CellMaker:
         if job is None:
             self._show(record, "skipped")
         else:
-            self.finisher.track(self.comet.log(record, job, lambda: self._show(record, "skipped")))
+            self.finisher.track(record.cell_id, self.comet.log(record, job, lambda: self._show(record, "skipped")))
 
     def _compute(self, record: CellRecord, case: PreparedCase, cfg) -> None:
         seeds = seed_list(cfg.seed)
@@ -318,9 +341,12 @@ class CellMaker:
                 cfg.strength, seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
             )
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
+            if isinstance(e, OSError) and e.errno in DISK_FULL:  # e.g. the model cache, written on first load
+                self._full(e, self.store.root, "cell store")
             self._fail(record, e)
             return
-        self.finisher.submit(self._finish, record, seeds, raws, metrics, nsfw, box, (image, mask, soft), cfg.tracking)
+        self.finisher.submit(record.cell_id, self._finish, record, seeds, raws, metrics, nsfw, box, (image, mask, soft),
+                             cfg.tracking)
 
     def _finish(self, record, seeds, raws, metrics, nsfw, box, inputs, tracking_cfg) -> None:
         """Composite and write a computed cell into the store (off the generation path), then show and log it."""
@@ -350,15 +376,17 @@ class CellMaker:
             record.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             write_record(record, staging)  # last: the folder holds a complete cell
             self.store.publish(staging, cid)
-        except Exception as e:  # noqa: BLE001 - e.g. a full disk: this cell fails, the sweep goes on
+        except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep (a full disk stops it)
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                self._full(e, self.store.root, "cell store")
             self._fail(record, e)
             return
         job = self.comet.job_for(record, tracking_cfg, pictures) if self.comet else None
         if job is None:
             self._show(record, "done")
         else:
-            self.finisher.track(self.comet.log(record, job, lambda: self._show(record, "done")))
+            self.finisher.track(cid, self.comet.log(record, job, lambda: self._show(record, "done")))
 
     def _show(self, record: CellRecord, status: str) -> None:
         show(self.store, record, self.view)
@@ -367,9 +395,31 @@ class CellMaker:
     def _fail(self, record: CellRecord, error: Exception) -> None:
         record.status, record.error = "failed", f"{type(error).__name__}: {error}"
         record.traceback, record.finished_at = traceback.format_exc(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log.error("cell %s failed: %s", record.cell_id, record.error)
-        write_failed(record, self.view)
+        if self.disk_full is None:  # else the launching process says it once, for every cell
+            log.error("cell %s failed: %s", record.cell_id, record.error)
+        try:
+            write_failed(record, self.view)
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            self._full(e, self.view, "view")
         self.tally.add("failed", record.cell_id)
+
+    def _finish_failed(self, cid: str, error: BaseException) -> None:
+        """Finishing cell `cid` raised past its own handling (showing it in the view, its Comet log): the cell counts
+        as failed here, and the launching process, finding it missing from the view, counts it failed too; a stored
+        cell is shown by the next run."""
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            self._full(error, self.view, "view")
+        else:
+            log.error("cell %s: finishing it failed: %s: %s", cid, type(error).__name__, error)
+        self.tally.add("failed", cid)
+
+    def _full(self, error: OSError, default: Path, role: str) -> None:
+        """Note the first write that found the disk full (the folder it was writing, as the user named it)."""
+        if self.disk_full is None:
+            path, role = _full_folder(error, ((self.store.root, "cell store"), (self.view, "view")), (default, role))
+            self.disk_full = DiskFull(_shown(path), role)
 
     def _check_prompts(self, record: CellRecord, pipe) -> None:
         """Record (and say once per prompt) how many tokens the model cannot read."""
@@ -381,6 +431,24 @@ class CellMaker:
                 self._warned.add((key, text))
                 log.warning("case %s: the %s is longer than the model reads; its last %d token(s) are dropped: %r",
                             record.case, key.replace("_", " "), dropped, text)
+
+
+def _full_folder(error: OSError, folders, default) -> tuple[Path, str]:
+    """(folder, role) of the folder whose file the error names; `default` when it names none of them."""
+    if error.filename:
+        written = Path(os.path.abspath(error.filename))
+        for folder, role in folders:
+            if written.is_relative_to(os.path.abspath(folder)):
+                return folder, role
+    return default
+
+
+def _shown(path: Path) -> str:
+    """A path as the user wrote it: relative to the working directory when it is inside it."""
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(os.getcwd()))
+    except ValueError:
+        return str(path)
 
 
 def cuda_device_count() -> int:

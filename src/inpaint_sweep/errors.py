@@ -13,3 +13,19 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """A runtime condition that stops the stage although its input is valid: reported as one line, exit code 1."""
+
+
+class DiskFull(RunError):
+    """No space left on the device (or over quota) writing `path`, the `role` it plays (cell store, view): the sweep
+    stops before its next cell, and the launching process says in one line what was kept (`explain`)."""
+
+    def __init__(self, path: str, role: str) -> None:
+        super().__init__(path, role)  # the arguments: a job's DiskFull is pickled back to the launching process
+        self.path, self.role = path, role
+
+    def __str__(self) -> str:
+        return f"no space left on device writing {self.path} ({self.role})"
+
+    def explain(self, kept: int, not_run: int) -> str:
+        return (f"{self}: {kept} cell{'s' * (kept != 1)} computed and kept, {not_run} not run; free space and run "
+                "the same command again")

@@ -22,8 +22,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .cells import CellMaker, Identities
-from .cli import one_line_errors
+from .cli import DISK_FULL, one_line_errors
 from .config import load_settings
+from .errors import DiskFull, RunError
 from .grid import Composer, batches, combinations, parse, set_values
 from .identity import Digests
 from .logbook import needs_work, varying_keys
@@ -56,6 +57,8 @@ class Summary:
     reused: int = 0
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
+    not_run: int = 0  # cells of a stopped sweep (interrupted, a full disk) neither in the store nor failed
+    unlogged: int = 0  # cells made or shown without a Comet log (the logger died): the next run logs them
 
 
 class Sweep:
@@ -85,7 +88,13 @@ class Sweep:
 
     def __exit__(self, exc_type, *exc) -> None:
         try:
-            self.identities.digests.save()
+            try:
+                self.identities.digests.save()
+            except OSError as e:  # a cache: on a full disk, the error already raised (if any) says it all
+                if e.errno not in DISK_FULL:
+                    raise
+                if exc_type is None:
+                    raise DiskFull(str(self.store.root), "cell store") from None
             if self.completed and exc_type is None:
                 prune(self.view, self.cells)
         finally:
@@ -116,17 +125,24 @@ class Sweep:
                 last_load = load
         return plan
 
-    def summary(self, plan: Plan, interrupted: bool) -> Summary:
-        """What the launched jobs did, read from the store: a cell is there, finished, or it failed."""
+    def summary(self, plan: Plan, interrupted: bool, stopped: bool = False, comet: bool = False) -> Summary:
+        """What the launched jobs did, read from the store and the view: a cell is in both, finished, or it failed
+        (or, in a sweep that stopped, did not run; a stored cell counts then, shown or not: the next run shows it).
+        `comet`: count the cells that have no Comet log yet."""
         done = Summary(reused=plan.cells - len(plan.pending), interrupted=interrupted)
+        stopped = stopped or interrupted
         for cid, was_stored in plan.pending:
             record = read_record(self.store.cell_dir(cid))
-            if record is not None and record.ok:
+            shown = read_record(self.view / "cells" / cid)
+            if record is not None and record.ok and (stopped or shown is not None and shown.ok):
                 if was_stored:
                     done.reused += 1
                 else:
                     done.computed += 1
-            elif not interrupted:
+                done.unlogged += comet and not record.comet
+            elif stopped:
+                done.not_run += 1
+            else:
                 done.failed.append(cid)
         return done
 
@@ -141,7 +157,7 @@ def run_grid(cfg: DictConfig, configs: list[DictConfig], launch, jobs_of=None) -
         jobs = f" in {n_jobs} Hydra job{'s' * (n_jobs != 1)}" if jobs_of else ""
         print(f"generate: {len(configs)} combination{'s' * (len(configs) != 1)}, {plan.cells} cells, {plan.stored} "
               f"already in the cell store; {plan.loads} model load{'s' * (plan.loads != 1)}{jobs}", flush=True)
-        interrupted = False
+        interrupted, full = False, None
         try:
             if plan.todo:
                 launch(plan.todo)
@@ -149,20 +165,31 @@ def run_grid(cfg: DictConfig, configs: list[DictConfig], launch, jobs_of=None) -
         except KeyboardInterrupt:
             interrupted = True
             raise
+        except DiskFull as e:  # a job stopped at its first write that found no space
+            full = e
+        except OSError as e:  # this process's own writes before its jobs (their batch files)
+            if e.errno not in DISK_FULL:
+                raise
+            full = DiskFull(str(sweep.view), "view")
         finally:
-            summary = sweep.summary(plan, interrupted)
-            report(summary, sweep.view)
+            summary = sweep.summary(plan, interrupted, stopped=full is not None, comet=bool(cfg.tracking.comet))
+            report(summary, sweep.view, quiet=full is not None)
+        if full is not None:
+            raise RunError(full.explain(summary.computed, summary.not_run))
     return summary
 
 
-def report(summary: Summary, view: Path) -> None:
-    """The sweep's summary lines."""
+def report(summary: Summary, view: Path, quiet: bool = False) -> None:
+    """The sweep's summary lines (`quiet`: not the failed cells' line, when one error line says why they are)."""
     if any((view / "comet").glob("*.zip")):
         print(f"Comet: offline archives in {view}/comet/; upload them with: comet upload {view}/comet/*.zip")
+    if summary.unlogged:
+        print(f"Comet: {summary.unlogged} cell(s) not logged to Comet yet (see the warnings above); the next run of "
+              "the same command logs them")
     print(f"generate: {summary.computed} computed, {summary.reused} reused from the cell store, "
           f"{len(summary.failed)} failed" + (" (interrupted: what was computed is kept)" if summary.interrupted else ""),
           flush=True)
-    if summary.failed:
+    if summary.failed and not quiet:
         print(f"error: {len(summary.failed)} cell(s) failed: {', '.join(summary.failed)}", file=sys.stderr)
 
 
@@ -223,15 +250,20 @@ def run_multirun(config: DictConfig, lines: list[str], zipped, config_loader, la
 
 def run_batch(cfg: DictConfig) -> dict:
     """A Hydra job of the grid sweeper, in whatever process runs it: make the cells of the combinations listed in its
-    batch file. Returns its counts (done, skipped, failed)."""
+    batch file. Returns its counts (done, skipped, failed) and, if it stopped on a full disk, `disk_full` (a value,
+    not an error: the launching process says it once, in one line, whichever launcher ran the job)."""
     spec = json.loads(Path(cfg.batch).read_text())
     base = cfg.copy()
     base.batch = None
     configs = [set_values(base.copy(), varying) for varying in spec["combinations"]]
     store = CellStore(shared_path(cfg.paths.cell_store))
-    with CellMaker(store, Path(cfg.paths.generate), spec["sweep_id"], cfg.tracking, spec.get("axes")) as maker:
-        maker.make(configs)
-    return maker.tally.counts
+    full = None
+    try:
+        with CellMaker(store, Path(cfg.paths.generate), spec["sweep_id"], cfg.tracking, spec.get("axes")) as maker:
+            maker.make(configs)
+    except DiskFull as e:
+        full = e
+    return {"counts": maker.tally.counts, "disk_full": full}
 
 
 def run_single(cfg: DictConfig) -> Summary:

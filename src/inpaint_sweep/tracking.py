@@ -10,6 +10,7 @@ test pins each.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -131,12 +132,29 @@ def log_cell(
     experiments one after another; the logger process below runs several such processes.
     """
     options = dict(project=project, workspace=workspace, name=name, tags=tags, git=git, git_patch=git_patch)
+    # comet_ml logs (with a traceback) what goes wrong as it starts or ends an experiment, and goes on: those errors
+    # are kept, not printed, and the first one is raised if no sound archive comes of it (a full disk).
+    with _errors_of("comet_ml") as errors:
+        where = _log_experiment(online, offline_dir, options, params, metrics, images, assets, others, html,
+                                experiment_key)
+    if where.startswith("http"):
+        return where
+    archive = Path(where)
+    if not archive.is_file() or not _sound_zip(archive):  # e.g. cut short by a full disk: never stored
+        if errors:
+            raise errors[0]
+        raise RuntimeError(f"comet_ml wrote no offline archive {archive}")
+    return str(archive)
+
+
+def _log_experiment(online, offline_dir, options, params, metrics, images, assets, others, html,
+                    experiment_key) -> str:
     # Online, a key chosen here would cost a request asking the server whether it is taken.
     experiment = start_experiment(online, offline_dir, experiment_key=None if online else experiment_key, **options)
     # `alive` is not in comet_ml's documentation, but it is the one sign comet_ml gives that an online experiment did
     # not start (the server stopped answering since the check); test_faults.py pins it.
     if online and not experiment.alive:
-        log.warning("Comet experiment %s could not start online; logging it to an offline archive", name)
+        log.warning("Comet experiment %s could not start online; logging it to an offline archive", options["name"])
         experiment.end()
         online = False
         experiment = start_experiment(False, offline_dir, experiment_key=experiment_key, **options)
@@ -154,10 +172,40 @@ def log_cell(
     experiment.end()
     if online:
         return experiment.url
-    archive = Path(offline_dir) / f"{key}.zip"  # the name comet_ml gives it (and prints in its upload hint)
-    if not archive.is_file():
-        raise RuntimeError(f"comet_ml wrote no offline archive {archive}")
-    return str(archive)
+    return str(Path(offline_dir) / f"{key}.zip")  # the name comet_ml gives it (and prints in its upload hint)
+
+
+def _sound_zip(path: Path) -> bool:
+    """Whether a zip archive is whole: it opens and every member's CRC checks."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _errors_of(logger_name: str):
+    """The exceptions a library logs during a block, kept instead of printed: the caller says what went wrong."""
+    caught: list[BaseException] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] == logger_name and record.exc_info and record.exc_info[1] is not None:
+            caught.append(record.exc_info[1])
+            return False
+        return True
+
+    # Filters on the handlers its records reach (a logger's own filter would not see its child loggers' records).
+    handlers = logging.getLogger(logger_name).handlers + logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield caught
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 def start_experiment(online: bool, offline_dir: str | Path, project: str, workspace: str | None, name: str,
@@ -226,6 +274,18 @@ def git_remote_is_safe() -> bool:
 LOGGER_MAIN = "import sys; from inpaint_sweep.tracking import serve; sys.exit(serve())"
 
 
+class LoggerEnded(RuntimeError):
+    """An experiment the logger process can no longer log: it has ended (said once, when it ended)."""
+
+
+def _end_group(pgid: int) -> None:
+    """Kill what is left of the logger's process group (nothing, when it ended normally)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class CometLogger:
     """The parent's end of the logger process; owned by the sweep runner. `submit` returns a Future of where the
     experiment went (an archive path or a URL)."""
@@ -244,8 +304,11 @@ class CometLogger:
         with self._lock:
             if self._process is None:
                 # `-c`, not `-m inpaint_sweep.tracking`: a worker process would import a `-m` module a second time.
+                # A process group of its own (its forkserver and workers join it), so that when the process dies
+                # (the OOM killer, a crash in comet_ml) the helpers it leaves behind can be ended with it: orphaned,
+                # they would wait forever and hold the stage's stderr open, and whatever reads it would wait too.
                 self._process = subprocess.Popen([sys.executable, "-c", LOGGER_MAIN], stdin=subprocess.PIPE,
-                                                 stdout=subprocess.PIPE, text=True)
+                                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
                 self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True,
                                                 name="comet-answers")
                 self._reader.start()
@@ -256,7 +319,7 @@ class CometLogger:
         future: Future = Future()
         with self._lock:
             if self._ended:
-                future.set_exception(RuntimeError("the Comet logger process has ended"))
+                future.set_exception(LoggerEnded("the Comet logger process has ended"))
                 return future
             self._next += 1
             self._pending[self._next] = future
@@ -265,7 +328,7 @@ class CometLogger:
                 self._process.stdin.flush()
             except OSError as e:  # the process is gone (its reader fails what it had not answered)
                 self._pending.pop(self._next)
-                future.set_exception(RuntimeError(f"the Comet logger process has ended ({e})"))
+                future.set_exception(LoggerEnded(f"the Comet logger process has ended ({e})"))
         return future
 
     def _read(self, process) -> None:
@@ -273,14 +336,22 @@ class CometLogger:
             answer = json.loads(line)
             with self._lock:
                 future = self._pending.pop(answer["id"])
-            if answer.get("error"):
+            if answer.get("errno"):
+                future.set_exception(OSError(answer["errno"], answer["error"], answer["filename"]))
+            elif answer.get("error"):
                 future.set_exception(RuntimeError(answer["error"]))
             else:
                 future.set_result(answer["where"])
         with self._lock:  # the process ended: whatever it did not answer failed, and so will what comes next
             pending, self._pending, self._ended = self._pending, {}, True
+        code = process.wait()
+        if code != 0 or pending:  # it died (a normal end answers everything and ends its helpers itself)
+            _end_group(process.pid)  # its forkserver and workers
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            log.warning("the Comet logger process ended (%s) with %d experiment(s) unlogged: their cells are kept, "
+                        "and the next run of the same command logs every cell not logged yet", how, len(pending))
         for future in pending.values():
-            future.set_exception(RuntimeError("the Comet logger process ended before logging this experiment"))
+            future.set_exception(LoggerEnded("the Comet logger process ended before logging this experiment"))
 
     def close(self) -> None:
         """Wait until every experiment sent is answered, then let the process end."""
@@ -320,7 +391,21 @@ def answer(job: dict) -> dict:
             return {"where": f"uploaded:{upload_archive(job['upload'])}"}
         return {"where": log_cell(**job)}
     except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
+        if isinstance(e, OSError) and e.errno is not None:  # a full disk stops the sweep: its parent must tell
+            return {"error": str(e.strerror or e), "errno": e.errno, "filename": e.filename or job.get("offline_dir")}
         return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _worker_start() -> None:
+    """A logger worker: Ctrl-C is the stage's to handle; an object's failed clean-up on a full disk (a half-written
+    zip file) is not printed, since the error it follows is answered."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def unraisable(info) -> None:
+        if not (isinstance(info.exc_value, OSError) and info.exc_value.errno in (errno.ENOSPC, errno.EDQUOT)):
+            sys.__unraisablehook__(info)
+
+    sys.unraisablehook = unraisable
 
 
 def serve(workers: int = WORKERS) -> int:
@@ -344,8 +429,7 @@ def serve(workers: int = WORKERS) -> int:
     # experiments overlap their waits. They ignore Ctrl-C, like this process.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["comet_ml", "inpaint_sweep.tracking"])
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=signal.signal,
-                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
         pool.submit(os.getpid)  # start the server and a worker now, not when the first experiment comes
         for line in sys.stdin:
             if not line.strip():
