@@ -296,6 +296,8 @@ def test_an_older_record_sends_typed_parameters_without_placeholders():
                       "model.id": "builtin/tiny-sd-inpaint", "model.name": "tiny", "model.revision": "v2-seed0",
                       "negative_prompt": "", "prompt": "a dragon", "seed": 0, "steps": 8}
     assert experiment_name(record, ["guidance", "negative_prompt"]) == "bus · guidance=7.5 · neg=(none)"
+    record.config["seed"] = [0, 1, 2]  # three images of one batched call: `seeds`, and `seed` stays a number column
+    assert comet_params(record)["seeds"] == [0, 1, 2] and "seed" not in comet_params(record)
     assert experiment_name(record, []) == "bus · steps=8 · guidance=7.5 · neg=(none)"  # nothing varied
 
 

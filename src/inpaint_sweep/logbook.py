@@ -163,6 +163,8 @@ def comet_params(record: CellRecord) -> dict:
                     if not any(k == n or k.startswith(n + ".") for n in NOT_IDENTITY)}
         settings.update(prompt=record.prompt, negative_prompt=record.negative_prompt)
     params = {k: v for k, v in settings.items() if k not in NOT_PARAMS}
+    if isinstance(params.get("seed"), list):  # several images from one call: `seeds`, so `seed` is always a number
+        params["seeds"] = params.pop("seed")
     if record.config.get("prompt_sr") is not None:  # this cell's value of the search/replace axis
         params["prompt_sr"] = record.config["prompt_sr"]
     params.update({key: getattr(record, name) for key, name in RECORD_PARAMS.items()})
