@@ -46,6 +46,6 @@ def main(overrides: list[str]) -> None:
 
 if __name__ == "__main__":
     if cli.help_requested(sys.argv[1:]):
-        print(__doc__)
+        cli.print_help("review", sys.argv[1:])
     else:
         main(sys.argv[1:])

@@ -144,6 +144,7 @@ def test_dvc_deps_list_every_module_the_stage_imports(stage):
         ("generate", ["guidance=7.5", "# classifier-free guidance scale", "model.size=", "hydra.sweeper.params.guidance=",
                       *PRESETS, "hydra/launcher:", "joblib", "slurm", "hydra/sweeper:"]),
         ("report", ["report.rows=null", "# axis down the rows", "paths.report="]),
+        ("review", ["review.port=0", "# 0 = a free port", "paths.ratings=data/ratings", "INPAINT_REVIEW_TOKEN"]),
     ],
 )
 def test_every_stage_answers_help_fast_with_its_own_keys(stage, words):

@@ -75,6 +75,8 @@ def stage_keys(stage: str) -> tuple[str, ...]:
 
     from .config import REPO_ROOT
 
+    if stage == "review":  # the review app is not a DVC stage (people answer in it): what it reads
+        return ("review", "paths.generate", "paths.ratings")
     stage_params = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["params"]
     return tuple("model" if key == "defaults" else key for key in stage_params)
 
@@ -251,7 +253,7 @@ def stage_help(stage: str, cfg) -> str:
 
 
 def print_help(stage: str, argv: list[str]) -> None:
-    """--help of a stage that is not a Hydra app (prepare, report): the config composed with the other arguments."""
+    """--help of a stage that is not a Hydra app (prepare, report, review): the config composed with the other arguments."""
     from .config import load_config
 
     overrides = [a for a in argv if a not in HELP_FLAGS]
