@@ -1,5 +1,6 @@
 """The Slurm preset on a real single-node cluster (conftest.slurm_cluster): the grid as one array job, a cancelled job
-that ends the sweep with its summary and loses nothing, and a preempted job that submitit checkpoints and requeues.
+and a job out of time that end the sweep with its summary and lose nothing, and a preempted job that submitit
+checkpoints and requeues.
 Skipped, saying why, when not root or Debian's Slurm packages are missing (`make test` installs them)."""
 
 import json
@@ -160,3 +161,49 @@ def test_a_preempted_job_is_checkpointed_and_requeued_and_finishes_the_grid(tmp_
     assert log_out.count(LOADED) + log_err.count(LOADED) == 2, "the job should have run twice"
     skipped = [int(n) for n in re.findall(r"skipped=(\d+)", log_err)]
     assert skipped and skipped[-1] >= 1, "the requeued job should have found the first attempt's cells stored"
+
+
+
+def test_a_job_out_of_time_ends_the_sweep_with_its_summary_and_the_rerun_computes_only_the_rest(
+        tmp_path, prepared, model_cache, tiny_model, slurm_cluster):
+    """A job that outlives its time limit (timeout_min=1: slurmctld checks limits every 30 s, so it ends 60 to 90 s
+    after it started). signal_delay_s before the end Slurm sends USR2; submitit, with max_num_timeout=0 (the default),
+    does not requeue a timed-out job: it raises in the job, failing the cell being computed, and the job goes on
+    until Slurm's SIGTERM (ignored) and SIGKILL. The grid outlasts 90 s even on a fast machine; the sweep then ends as
+    for a cancelled job: its summary, exit 1, no traceback, and the re-run computes only what the store lacks."""
+    cells = 26
+    grid = ["guidance=" + ",".join(str(g) for g in range(1, cells + 1)), *FIXED_GRID[:-2],
+            "hydra.sweeper.params.steps=400", "hydra.sweeper.params.negative_prompt=''", "tracking.comet=false"]
+    args = [*slurm_args(slurm_cluster, "hydra.launcher.array_parallelism=1", "hydra.launcher.timeout_min=1",
+                        "hydra.launcher.signal_delay_s=10", "hydra.launcher.max_num_timeout=0"), *grid]
+    started = time.monotonic()
+    stage = start_stage(tmp_path, prepared, model_cache, slurm_cluster, args)
+    try:
+        out, err = stage.communicate(timeout=300)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+            stage.communicate()
+    said = out + err
+    assert stage.returncode == 1, said
+    assert "Hydra jobs did not all finish: " in said and "Traceback" not in said, said
+    first = counts(subprocess.CompletedProcess([], 1, out, err))
+    assert first["computed"] >= 1 and first["failed"] >= 1 and first["computed"] + first["failed"] == cells, first
+    task = the_job(tmp_path)
+    job = task.split("_")[0]
+    log_err = (submitit_dir(tmp_path) / task / f"{task}_0_log.err").read_text()
+    log_out = (submitit_dir(tmp_path) / task / f"{task}_0_log.out").read_text()
+    assert "DUE TO TIME LIMIT" in log_err and "this job is timed-out" in log_err, log_err
+    assert "Job not requeued because: timed-out too many times" in log_out, log_out
+    wait_for(lambda: sacct_states(slurm_cluster, job) == [f"{job}|TIMEOUT"], "sacct to show the job TIMEOUT",
+             timeout=30)
+
+    # Once the job is gone, the same grid computes only what it had not kept.
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", job], env=slurm_cluster.env, capture_output=True,
+                                        text=True).stdout.strip(), "the timed-out job to end")
+    kept = stored_cells(tmp_path)
+    assert kept >= first["computed"]
+    print(f"\nout of time: the sweep ended after {time.monotonic() - started:.1f} s, {kept} of {cells} cells kept")
+    again = generate(tmp_path, prepared, model_cache, *grid, "-m", view_dir="gen")
+    assert counts(again) == {"computed": cells - kept, "reused": kept, "failed": 0}
+    assert not [p for p in (tmp_path / "store").glob(".*") if p.is_dir()], "a killed job's half-written cell remains"
