@@ -9,6 +9,8 @@ compute, several per Hydra job. Without it (Hydra's own plugin test suites), eve
 Hydra's basic sweeper.
 """
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,13 +88,13 @@ class GridSweeper(Sweeper):
         try:
             results = self.launcher.launch(jobs, initial_job_idx=0)
         except Exception as e:  # noqa: BLE001 - e.g. a Slurm job cancelled or out of time: the summary says the rest
-            said = str(e).strip().splitlines()
-            log.error("Hydra jobs did not all finish: %s%s", type(e).__name__, f": {said[0]}" if said else "")
+            log.error("Hydra jobs did not all finish: %s", _one_line(e))
             return []
         full = None
         for index, result in enumerate(results):
             try:
-                value = result.return_value
+                with contextlib.redirect_stderr(io.StringIO()):  # Hydra's "Error executing job": said below
+                    value = result.return_value
                 if isinstance(value, dict) and isinstance(value.get("disk_full"), DiskFull):
                     full = full or value["disk_full"]  # said once, with what was kept, by sweep.run_grid
             except Exception as e:  # noqa: BLE001 - reported; the sweep's summary counts its cells
@@ -116,3 +118,13 @@ class GridSweeperConf:
 # in Hydra's test apps; params.yaml selects it through conf/hydra/sweeper/grid.yaml.
 ConfigStore.instance().store(group="hydra/sweeper", name="inpaint_sweep_grid", node=GridSweeperConf,
                              provider="inpaint_sweep")
+
+
+
+def _one_line(e: Exception) -> str:
+    """A launcher's error in one line; submitit's UncompletedJobError says the job's Slurm state on its second."""
+    lines = [line.strip() for line in str(e).strip().splitlines()]
+    said = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    if len(lines) > 1 and lines[1].startswith("has not produced"):  # "... output (state: CANCELLED by 0)"
+        said += " " + lines[1]
+    return said

@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -48,6 +49,13 @@ from .store import CellStore, show, write_failed
 
 log = logging.getLogger(__name__)
 STATUSES = ("done", "skipped", "failed")
+
+
+def job_ending(e: BaseException) -> bool:
+    """Whether an exception ends the job, not the cell: submitit's signal handler raises UncompletedJobError in a
+    Slurm job out of time (or preempted) that it does not requeue; the job stops there, its finished cells kept."""
+    submitit = sys.modules.get("submitit")  # only a submitit job can raise it
+    return submitit is not None and isinstance(e, submitit.core.utils.UncompletedJobError)
 
 
 class PlannedCell(NamedTuple):
@@ -341,6 +349,8 @@ class CellMaker:
                 cfg.strength, seeds, cfg.model.size, model.device, padding_mask_crop=cfg.model.padding_mask_crop,
             )
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
+            if job_ending(e):
+                raise
             if isinstance(e, OSError) and e.errno in DISK_FULL:  # e.g. the model cache, written on first load
                 self._full(e, self.store.root, "cell store")
             self._fail(record, e)
