@@ -120,7 +120,6 @@ ConfigStore.instance().store(group="hydra/sweeper", name="inpaint_sweep_grid", n
                              provider="inpaint_sweep")
 
 
-
 def _one_line(e: Exception) -> str:
     """A launcher's error in one line; submitit's UncompletedJobError says the job's Slurm state on its second."""
     lines = [line.strip() for line in str(e).strip().splitlines()]

@@ -34,9 +34,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from .cases import Prompts, prompt_variants
-from .cli import DISK_FULL
 from .config import SWEEP_AXES, load_settings
-from .errors import DiskFull
+from .errors import DiskFull, no_space
 from .identity import FINGERPRINT_KEYS, Digests, cell_id, cell_identity, flatten, generation_config, model_fingerprint
 from .identity import task_container
 from .images import load_photo, save_image, to_mask_image
@@ -292,9 +291,8 @@ class CellMaker:
             try:
                 self.digests.save()
             except OSError as e:
-                if e.errno not in DISK_FULL:
+                if not self._note_full(e, self.store.root, "cell store"):
                     raise
-                self._full(e, self.store.root, "cell store")
             if self.disk_full is not None and exc_type is None:
                 raise self.disk_full  # the launching process says what was kept (sweep.run_grid)
         finally:
@@ -319,9 +317,8 @@ class CellMaker:
                     try:
                         self._reuse(record, cfg)
                     except OSError as e:
-                        if e.errno not in DISK_FULL:
+                        if not self._note_full(e, self.view, "view"):
                             raise
-                        self._full(e, self.view, "view")
                         self.tally.add("failed", cell.id)
                 else:
                     self._compute(_new_record(cell, cfg, settings, revision, self.sweep_id), cell.case, cfg)
@@ -351,8 +348,7 @@ class CellMaker:
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep
             if job_ending(e):
                 raise
-            if isinstance(e, OSError) and e.errno in DISK_FULL:  # e.g. the model cache, written on first load
-                self._full(e, self.store.root, "cell store")
+            self._note_full(e, self.store.root, "cell store")  # e.g. the model cache, written on first load
             self._fail(record, e)
             return
         self.finisher.submit(record.cell_id, self._finish, record, seeds, raws, metrics, nsfw, box, (image, mask, soft),
@@ -388,8 +384,7 @@ class CellMaker:
             self.store.publish(staging, cid)
         except Exception as e:  # noqa: BLE001 - one bad cell must not sink the sweep (a full disk stops it)
             shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(e, OSError) and e.errno in DISK_FULL:
-                self._full(e, self.store.root, "cell store")
+            self._note_full(e, self.store.root, "cell store")
             self._fail(record, e)
             return
         job = self.comet.job_for(record, tracking_cfg, pictures) if self.comet else None
@@ -410,26 +405,27 @@ class CellMaker:
         try:
             write_failed(record, self.view)
         except OSError as e:
-            if e.errno not in DISK_FULL:
+            if not self._note_full(e, self.view, "view"):
                 raise
-            self._full(e, self.view, "view")
         self.tally.add("failed", record.cell_id)
 
     def _finish_failed(self, cid: str, error: BaseException) -> None:
         """Finishing cell `cid` raised past its own handling (showing it in the view, its Comet log): the cell counts
         as failed here, and the launching process, finding it missing from the view, counts it failed too; a stored
         cell is shown by the next run."""
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
-            self._full(error, self.view, "view")
-        else:
+        if not self._note_full(error, self.view, "view"):
             log.error("cell %s: finishing it failed: %s: %s", cid, type(error).__name__, error)
         self.tally.add("failed", cid)
 
-    def _full(self, error: OSError, default: Path, role: str) -> None:
-        """Note the first write that found the disk full (the folder it was writing, as the user named it)."""
+    def _note_full(self, error: BaseException, default: Path, role: str) -> bool:
+        """Whether `error` is a full disk; the first one is noted (the folder it was writing, as the user named it,
+        `default` when its file is in neither the store nor the view) and no further cell starts."""
+        if not no_space(error):
+            return False
         if self.disk_full is None:
             path, role = _full_folder(error, ((self.store.root, "cell store"), (self.view, "view")), (default, role))
             self.disk_full = DiskFull(_shown(path), role)
+        return True
 
     def _check_prompts(self, record: CellRecord, pipe) -> None:
         """Record (and say once per prompt) how many tokens the model cannot read."""

@@ -4,16 +4,14 @@ disk). HYDRA_FULL_ERROR=1 shows the traceback instead."""
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import sys
 
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, no_space
 
 EXIT_BAD_INPUT = 2  # change the input
 EXIT_RUN_FAILED = 1  # the input is fine; the run could not finish here and now
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _config_exceptions() -> tuple[type[BaseException], ...]:
@@ -52,7 +50,7 @@ def one_line_errors(func):
                 raise
             fail(" ".join(str(e).split()), EXIT_RUN_FAILED)
         except OSError as e:
-            if full or e.errno not in DISK_FULL:
+            if full or not no_space(e):
                 raise
             fail(" ".join(str(disk_full(e)).split()), EXIT_RUN_FAILED)
 
@@ -253,7 +251,8 @@ def stage_help(stage: str, cfg) -> str:
 
 
 def print_help(stage: str, argv: list[str]) -> None:
-    """--help of a stage that is not a Hydra app (prepare, report, review): the config composed with the other arguments."""
+    """--help of a stage that is not a Hydra app (prepare, report, review): the config composed with the other
+    arguments."""
     from .config import load_config
 
     overrides = [a for a in argv if a not in HELP_FLAGS]

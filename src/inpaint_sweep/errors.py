@@ -6,6 +6,15 @@
   earlier stage's outputs are missing or unreadable, the disk is full). Wait, run the earlier stage, or free space.
 """
 
+import errno
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, or over quota
+
+
+def no_space(error: BaseException) -> bool:
+    """Whether an error is a full disk (or quota): a sweep stops on it and says so once, in one line."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL
+
 
 class ConfigError(ValueError):
     """A bad value in the config or the manifest: reported as one line, exit code 2."""

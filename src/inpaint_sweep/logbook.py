@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tracking
-from .cli import DISK_FULL
+from .errors import no_space
 from .images import preview
 from .identity import NOT_IDENTITY, flatten, task_container
 from .records import COMET_ARCHIVE, CellRecord, file_entry, write_record
@@ -94,12 +94,10 @@ class CometLog:
         def logged(answer: Future) -> None:
             try:
                 self._note(record, job, answer)
-            except OSError as e:
-                if e.errno in DISK_FULL:  # the sweep stops on it (cells.CellMaker), saying it once
+            except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
+                if no_space(e):  # the sweep stops on it (cells.CellMaker), saying it once
                     done.set_exception(e)
                     return
-                log.warning("cell %s: its Comet log could not be stored: %s", record.cell_id, e)
-            except Exception as e:  # noqa: BLE001 - tracking must never cost a computed cell
                 log.warning("cell %s: its Comet log could not be stored: %s", record.cell_id, e)
             try:
                 then()
@@ -130,7 +128,7 @@ class CometLog:
         except tracking.LoggerEnded:  # said once, by the logger's end; the record says "not logged", so the next
             return                      # run logs it
         except Exception as e:  # noqa: BLE001
-            if isinstance(e, OSError) and e.errno in DISK_FULL:
+            if no_space(e):
                 raise
             log.warning("cell %s: Comet logging failed: %s", cid, e)
             return

@@ -22,9 +22,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .cells import CellMaker, Identities
-from .cli import DISK_FULL, one_line_errors
+from .cli import one_line_errors
 from .config import load_settings
-from .errors import DiskFull, RunError
+from .errors import DiskFull, RunError, no_space
 from .grid import Composer, batches, combinations, parse, set_values
 from .identity import Digests
 from .logbook import needs_work, varying_keys
@@ -91,7 +91,7 @@ class Sweep:
             try:
                 self.identities.digests.save()
             except OSError as e:  # a cache: on a full disk, the error already raised (if any) says it all
-                if e.errno not in DISK_FULL:
+                if not no_space(e):
                     raise
                 if exc_type is None:
                     raise DiskFull(str(self.store.root), "cell store") from None
@@ -168,7 +168,7 @@ def run_grid(cfg: DictConfig, configs: list[DictConfig], launch, jobs_of=None) -
         except DiskFull as e:  # a job stopped at its first write that found no space
             full = e
         except OSError as e:  # this process's own writes before its jobs (their batch files)
-            if e.errno not in DISK_FULL:
+            if not no_space(e):
                 raise
             full = DiskFull(str(sweep.view), "view")
         finally:

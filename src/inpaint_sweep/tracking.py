@@ -10,7 +10,6 @@ test pins each.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import logging
@@ -24,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import no_space
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("COMET_LOGGING_CONSOLE", "WARNING")  # the stage prints one upload hint, not one per cell
@@ -402,7 +402,7 @@ def _worker_start() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def unraisable(info) -> None:
-        if not (isinstance(info.exc_value, OSError) and info.exc_value.errno in (errno.ENOSPC, errno.EDQUOT)):
+        if not no_space(info.exc_value):
             sys.__unraisablehook__(info)
 
     sys.unraisablehook = unraisable
