@@ -161,6 +161,18 @@ def write_json(data, path: str | os.PathLike) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
+def mask_outline(mask: np.ndarray, width: int = 1) -> Image.Image:
+    """A boolean mask's edge, `width` pixels wide inside it, in yellow on a transparent RGBA image (drawn over the
+    pictures of the report and the review app)."""
+    import cv2
+
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    inner = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    pixels = np.zeros((*mask.shape, 4), np.uint8)
+    pixels[mask & ~inner] = (255, 230, 0, 255)
+    return Image.fromarray(pixels, "RGBA")
+
+
 def to_mask_image(mask: np.ndarray) -> Image.Image:
     """A boolean mask as an 8-bit PNG-ready image: 255 inside, 0 outside."""
     return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .config import SWEEP_AXES, ConfigError
 from .grids import axis_labels, fmt, grid_layout, new_grid, paste_cell, short, split_pages
-from .images import write_json
+from .images import mask_outline, write_json
 from . import ratings, records
 from .machine import describe
 from .records import RECORD_SETTINGS, CellRecord
@@ -205,12 +205,8 @@ def _case_inputs(photo_path: str, mask_path: str, thumbs_dir: str) -> dict:
     size = thumb_size(*photo.size)
     thumb = cv2.resize(np.asarray(photo), size, interpolation=cv2.INTER_AREA)
     small = np.asarray(mask_image.resize(size, Image.Resampling.BILINEAR)) > 127
-    edge = small & ~cv2.erode(small.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                              borderValue=0).astype(bool)
-    outline = np.zeros((*small.shape, 4), np.uint8)
-    outline[edge] = (255, 230, 0, 255)
     name = f"mask-{hashlib.sha1(mask_path.encode()).hexdigest()[:12]}.png"
-    Image.fromarray(outline, "RGBA").save(Path(thumbs_dir) / name)
+    mask_outline(small).save(Path(thumbs_dir) / name)
     from .quality import mask_geometry  # here, not on top: scikit-image's import costs the review app half a second
 
     return {"photo": photo, "array": np.asarray(photo), "mask_image": mask_image, "geometry": mask_geometry(mask),

@@ -34,6 +34,7 @@ from PIL import Image
 
 from . import ratings
 from .errors import ConfigError, RunError
+from .images import mask_outline
 
 THUMBS_KEPT = 512  # thumbnails kept in memory (a few hundred kB each): a rater's recent pairs and the next ones
 COOKIE = "review_token"
@@ -248,19 +249,13 @@ def _jpeg(path: str, width: int) -> bytes:
 
 
 def _outline(mask_path: str, width: int) -> bytes:
-    """The mask's edge, 2 pixels wide at `width`, in yellow on a transparent PNG (drawn over the pictures)."""
-    import cv2
-
+    """The mask's edge, 2 pixels wide at `width`, as a transparent PNG (drawn over the pictures)."""
     with Image.open(mask_path) as m:
         m = m.convert("L")
         size = (width, max(1, round(m.height * width / m.width)))
         small = np.asarray(m.resize(size, Image.Resampling.BILINEAR)) > 127
-    inner = cv2.erode(small.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                      borderValue=0).astype(bool)
-    pixels = np.zeros((*small.shape, 4), np.uint8)
-    pixels[small & ~inner] = (255, 230, 0, 255)
     out = io.BytesIO()
-    Image.fromarray(pixels, "RGBA").save(out, "PNG")
+    mask_outline(small, width=2).save(out, "PNG")
     return out.getvalue()
 
 
