@@ -3,6 +3,7 @@ and a job out of time that end the sweep with its summary and lose nothing, and 
 checkpoints and requeues.
 Skipped, saying why, when not root or Debian's Slurm packages are missing (`make test` installs them)."""
 
+import contextlib
 import json
 import re
 import subprocess
@@ -98,30 +99,38 @@ def slow_grid_in_one_job(cluster) -> list[str]:
             "tracking.comet=false"]
 
 
-def start_stage(tmp: Path, prepared: Path, model_cache: Path, cluster, args: list[str]) -> subprocess.Popen:
+@contextlib.contextmanager
+def stage_running(tmp: Path, prepared: Path, model_cache: Path, cluster, args: list[str]):
+    """The generate stage started in the background; killed on the way out if it has not ended (a test that failed)."""
     cmd = ["python", "stages/generate.py", *args, "model.size=64", f"paths.prepare={prepared}",
            f"paths.generate={tmp}/gen", f"paths.cell_store={tmp}/store", f"hydra.sweep.dir={tmp}/gen/hydra/multirun",
            f"model.cache_dir={model_cache}"]
-    return subprocess.Popen(cmd, env=env_of(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage = subprocess.Popen(cmd, env=env_of(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield stage
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+            stage.communicate()
+
+
+def finished(stage: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    out, err = stage.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(stage.args, stage.returncode, out, err)
 
 
 def test_a_cancelled_job_ends_the_sweep_with_its_summary_and_the_rerun_computes_only_the_rest(
         tmp_path, prepared, model_cache, tiny_model, slurm_cluster):
     args = slow_grid_in_one_job(slurm_cluster)
-    stage = start_stage(tmp_path, prepared, model_cache, slurm_cluster, args)
-    try:
+    with stage_running(tmp_path, prepared, model_cache, slurm_cluster, args) as stage:
         job = the_job(tmp_path).split("_")[0]
         wait_for(lambda: stored_cells(tmp_path) >= 1, "the job's first cell")
         subprocess.run(["scancel", job], env=slurm_cluster.env, check=True)
-        out, err = stage.communicate(timeout=180)
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-            stage.communicate()
-    said = out + err
-    assert stage.returncode == 1, said
+        ran = finished(stage, timeout=180)
+    said = ran.stdout + ran.stderr
+    assert ran.returncode == 1, said
     assert "Hydra jobs did not all finish: UncompletedJobError" in said and "Traceback" not in said, said
-    first = counts(subprocess.CompletedProcess([], 1, out, err))
+    first = counts(ran)
     assert first["computed"] >= 1 and first["computed"] + first["failed"] == 8, first
     assert any(state.endswith("CANCELLED") or "CANCELLED" in state for state in sacct_states(slurm_cluster, job))
 
@@ -142,18 +151,13 @@ def test_a_preempted_job_is_checkpointed_and_requeued_and_finishes_the_grid(tmp_
     job (hydra-submitit-launcher resubmits it with the same arguments) and requeues it. The requeued job makes the
     same batch of cells again, and the cell store hands back those the first attempt finished."""
     args = slow_grid_in_one_job(slurm_cluster)
-    stage = start_stage(tmp_path, prepared, model_cache, slurm_cluster, args)
-    try:
+    with stage_running(tmp_path, prepared, model_cache, slurm_cluster, args) as stage:
         job = the_job(tmp_path).split("_")[0]
         wait_for(lambda: stored_cells(tmp_path) >= 1, "the job's first cell")
         subprocess.run(["scancel", "--signal=USR2", job], env=slurm_cluster.env, check=True)
-        out, err = stage.communicate(timeout=300)
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-            stage.communicate()
-    assert stage.returncode == 0, out + err
-    assert counts(subprocess.CompletedProcess([], 0, out, err)) == {"computed": 8, "reused": 0, "failed": 0}
+        ran = finished(stage, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert counts(ran) == {"computed": 8, "reused": 0, "failed": 0}
     task = the_job(tmp_path)
     log_out = (submitit_dir(tmp_path) / task / f"{task}_0_log.out").read_text()
     log_err = (submitit_dir(tmp_path) / task / f"{task}_0_log.err").read_text()
@@ -177,19 +181,14 @@ def test_a_job_out_of_time_ends_the_sweep_with_its_summary_and_the_rerun_compute
     args = [*slurm_args(slurm_cluster, "hydra.launcher.array_parallelism=1", "hydra.launcher.timeout_min=1",
                         "hydra.launcher.signal_delay_s=20", "hydra.launcher.max_num_timeout=0"), *grid]
     started = time.monotonic()
-    stage = start_stage(tmp_path, prepared, model_cache, slurm_cluster, args)
-    try:
-        out, err = stage.communicate(timeout=300)
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-            stage.communicate()
-    said = out + err
-    assert stage.returncode == 1, said
+    with stage_running(tmp_path, prepared, model_cache, slurm_cluster, args) as stage:
+        ran = finished(stage, timeout=300)
+    said = ran.stdout + ran.stderr
+    assert ran.returncode == 1, said
     assert "Traceback" not in said, said
     assert "Hydra job #0 failed: UncompletedJobError: Job not requeued because: timed-out too many times." in said
     assert "Error executing job" not in said, said
-    first = counts(subprocess.CompletedProcess([], 1, out, err))
+    first = counts(ran)
     assert first["computed"] >= 1 and first["failed"] >= 1 and first["computed"] + first["failed"] == cells, first
     task = the_job(tmp_path)
     job = task.split("_")[0]
